@@ -1,0 +1,35 @@
+"""Packaging for tilediff.
+
+The top-level ``kernels/`` folder is installed as ``tilediff.kernels``: ``kernels`` alone is a
+common top-level import name (a PyPI package uses it), so it must not be installed bare.
+"""
+from setuptools import setup
+
+setup(
+    name="tilediff",
+    version="0.1.0",
+    description="Tiled large-image inference engine for Refusion (latent IR-SDE image restoration)",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["tilediff", "tilediff.models", "tilediff.kernels"],
+    package_dir={"tilediff": "tilediff", "tilediff.kernels": "kernels"},
+    package_data={"tilediff": ["data/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1,<=2.14.1",
+        "numpy",
+        "tifffile",
+        "pillow",
+        "einops",
+        "safetensors",
+        "click>=8",
+        "tqdm",
+        "triton; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "bench": ["matplotlib", "psutil"],
+    },
+    entry_points={"console_scripts": ["tilediff=tilediff.cli:main"]},
+)

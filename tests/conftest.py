@@ -1,0 +1,47 @@
+"""Shared fixtures: the golden vectors and checkpoints computed by the reference implementation."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(os.environ.get("TILEDIFF_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+
+
+def relative_error(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@pytest.fixture(scope="session")
+def golden_dir():
+    if not (GOLDEN / "vectors.safetensors").exists():
+        pytest.skip(f"golden vectors not found at {GOLDEN} (set TILEDIFF_GOLDEN)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def golden_index(golden_dir):
+    return json.loads((golden_dir / "index.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def vectors(golden_dir):
+    from safetensors.torch import load_file
+    return load_file(str(golden_dir / "vectors.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def golden_net(golden_dir, golden_index):
+    """golden_net(name) -> the network built from index.json with the golden checkpoint loaded."""
+    from tilediff.models import build
+    cache = {}
+
+    def load(name):
+        if name not in cache:
+            entry = golden_index[name]
+            net = build(entry["variant"], entry["config"])
+            net.load_state_dict(torch.load(golden_dir / f"{name}.pth", weights_only=True), strict=True)
+            cache[name] = net.eval()
+        return cache[name]
+    return load

@@ -1,0 +1,61 @@
+"""Small building blocks shared by the Refusion networks.
+
+Parameter names (``g``) and the arithmetic order follow the reference implementation, so that its
+checkpoints load unchanged and its numbers are reproduced to float rounding.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    """Channel LayerNorm per pixel with a gain only (no bias), as the reference uses.
+
+    eps is 1e-5 for float32 inputs and 1e-3 otherwise (the reference's choice; it keeps fp16 stable).
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
+
+    def forward(self, x):
+        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
+        mean = torch.mean(x, dim=1, keepdim=True)
+        return (x - mean) * (var + eps).rsqrt() * self.g
+
+
+class SimpleGate(nn.Module):
+    """Split channels in two halves and multiply them (NAFNet's parameter-free non-linearity)."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Sinusoidal embedding of a (B,) tensor of raw values (time steps or lens numbers)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        half = self.dim // 2
+        freq = torch.exp(torch.arange(half, device=x.device) * -(math.log(10000) / (half - 1)))
+        angles = x[:, None] * freq[None, :]
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+def as_batch_vector(value, batch, device):
+    """A time step or lens value (number, 0-d or (B,) tensor) as a float (batch,) tensor."""
+    v = torch.as_tensor(value, device=device)
+    if v.dim() == 0:
+        v = v.reshape(1)
+    v = v.reshape(-1).to(torch.float32)
+    if v.shape[0] == 1 and batch != 1:
+        v = v.expand(batch)
+    if v.shape[0] != batch:
+        raise ValueError(f"expected {batch} values (one per batch item), got {v.shape[0]}")
+    return v

@@ -1,0 +1,192 @@
+"""The conditional NAFNet noise network of Refusion, in the reference's four variants.
+
+Variants (REFUSION.md): ``pixel`` ends with ending(x); ``latent`` with ending(x + intro output);
+``bokeh`` adds lens conditioning (and its time MLP has no embedding inside, so its keys shift);
+``stereo`` ends every block with a stereo cross-attention (SCAM) between the left and right views.
+Constructor arguments and state-dict keys are the reference's, so its checkpoints load strictly.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import LayerNorm, SimpleGate, SinusoidalPosEmb, as_batch_vector
+
+VARIANTS = ("pixel", "latent", "bokeh", "stereo")
+
+
+class SCAM(nn.Module):
+    """Stereo cross-attention between left and right views (stacked along the batch), at 1/4 scale."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.scale = c ** -0.5
+        self.norm_l = LayerNorm(c)
+        self.norm_r = LayerNorm(c)
+        self.l_proj1 = nn.Conv2d(c, c, 1)
+        self.r_proj1 = nn.Conv2d(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        self.gamma = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        self.l_proj2 = nn.Conv2d(c, c, 1)
+        self.r_proj2 = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        left, right = x.chunk(2, dim=0)
+        small_l = F.interpolate(left, scale_factor=0.25, mode="bicubic")
+        small_r = F.interpolate(right, scale_factor=0.25, mode="bicubic")
+        q_l = self.l_proj1(self.norm_l(small_l)).permute(0, 2, 3, 1)      # B H W c
+        q_r_t = self.r_proj1(self.norm_r(small_r)).permute(0, 2, 1, 3)    # B H c W
+        v_l = self.l_proj2(small_l).permute(0, 2, 3, 1)
+        v_r = self.r_proj2(small_r).permute(0, 2, 3, 1)
+        attention = torch.matmul(q_l, q_r_t) * self.scale                 # B H W W
+        r2l = torch.matmul(torch.softmax(attention, dim=-1), v_r)
+        l2r = torch.matmul(torch.softmax(attention.permute(0, 1, 3, 2), dim=-1), v_l)
+        r2l = F.interpolate(r2l.permute(0, 3, 1, 2) * self.beta, size=left.shape[2:])
+        l2r = F.interpolate(l2r.permute(0, 3, 1, 2) * self.gamma, size=right.shape[2:])
+        return torch.cat([left + r2l, right + l2r], dim=0).contiguous()
+
+
+class NAFBlock(nn.Module):
+    """NAFNet block with time modulation of both branches (and lens modulation for bokeh)."""
+
+    def __init__(self, c, time_dim, variant="pixel"):
+        super().__init__()
+        self.variant = variant
+        mlp = nn.Sequential(SimpleGate(), nn.Linear(time_dim // 2, c * 4))
+        if variant == "bokeh":
+            self.time_mlp = mlp
+            self.cam_mlp = nn.Sequential(SimpleGate(), nn.Linear(time_dim // 2, c * 2))
+        else:
+            self.mlp = mlp
+        self.conv1 = nn.Conv2d(c, 2 * c, 1)
+        self.conv2 = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.conv3 = nn.Conv2d(c, c, 1)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
+        self.sg = SimpleGate()
+        self.conv4 = nn.Conv2d(c, 2 * c, 1)
+        self.conv5 = nn.Conv2d(c, c, 1)
+        self.norm1 = LayerNorm(c)
+        self.norm2 = LayerNorm(c)
+        self.beta = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        self.gamma = nn.Parameter(torch.zeros((1, c, 1, 1)))
+        if variant == "stereo":
+            self.fusion = SCAM(c)
+
+    def modulations(self, t_emb, cam_emb=None):
+        """Per-sample (shift_att, scale_att, shift_ffn, scale_ffn[, cam_scale, cam_shift]), each (B,c,1,1)."""
+        time_mlp = self.time_mlp if self.variant == "bokeh" else self.mlp
+        mods = time_mlp(t_emb)[:, :, None, None].chunk(4, dim=1)
+        if self.variant == "bokeh":
+            mods = mods + self.cam_mlp(cam_emb)[:, :, None, None].chunk(2, dim=1)
+        return mods
+
+    def forward(self, inp, t_emb, cam_emb=None):
+        shift_att, scale_att, shift_ffn, scale_ffn, *cam = self.modulations(t_emb, cam_emb)
+        x = self.norm1(inp)
+        x = x * (scale_att + 1) + shift_att
+        x = self.sg(self.conv2(self.conv1(x)))
+        x = x * self.sca(x)
+        y = inp + self.conv3(x) * self.beta
+        x = self.norm2(y)
+        x = x * (scale_ffn + 1) + shift_ffn
+        x = self.sg(self.conv4(x))
+        if cam:
+            cam_scale, cam_shift = cam
+            x = x * (cam_scale + 1) + cam_shift
+        x = y + self.conv5(x) * self.gamma
+        if self.variant == "stereo":
+            x = self.fusion(x)
+        return x
+
+
+class ConditionalNAFNet(nn.Module):
+    """Noise network ε(x_t, μ, t): input cat(x_t − μ, μ), output ε with the channels of x_t.
+
+    The arguments after ``dec_blk_nums`` are the reference constructor's; ``variant`` picks the
+    reference file the network comes from. For ``stereo`` the inputs hold the left view's channels
+    then the right view's (2·img_channel channels); for ``bokeh`` forward also takes the lens numbers.
+    """
+
+    def __init__(self, img_channel=3, width=16, middle_blk_num=1, enc_blk_nums=(), dec_blk_nums=(),
+                 upscale=1, variant="pixel"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown NAFNet variant {variant!r}; expected one of {VARIANTS}")
+        if len(enc_blk_nums) != len(dec_blk_nums):
+            raise ValueError("enc_blk_nums and dec_blk_nums must have the same length")
+        self.variant = variant
+        self.img_channel = img_channel
+        self.upscale = upscale
+        time_dim = width * 4
+        self.pos_emb = SinusoidalPosEmb(width)  # holds no parameters
+        if variant == "bokeh":
+            self.time_mlp = nn.Sequential(nn.Linear(width, time_dim * 2), SimpleGate(),
+                                          nn.Linear(time_dim, time_dim))
+            self.cam_mlp = nn.Sequential(nn.Linear(width * 3, time_dim * 2), SimpleGate(),
+                                         nn.Linear(time_dim, time_dim))
+        else:
+            self.time_mlp = nn.Sequential(SinusoidalPosEmb(width), nn.Linear(width, time_dim * 2),
+                                          SimpleGate(), nn.Linear(time_dim, time_dim))
+        self.intro = nn.Conv2d(img_channel * 2, width, 3, padding=1)
+        self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+
+        self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        chan = width
+        for num in enc_blk_nums:
+            self.encoders.append(nn.Sequential(*[NAFBlock(chan, time_dim, variant) for _ in range(num)]))
+            self.downs.append(nn.Conv2d(chan, 2 * chan, 2, 2))
+            chan *= 2
+        self.middle_blks = nn.Sequential(*[NAFBlock(chan, time_dim, variant) for _ in range(middle_blk_num)])
+        for num in dec_blk_nums:
+            self.ups.append(nn.Sequential(nn.Conv2d(chan, chan * 2, 1, bias=False), nn.PixelShuffle(2)))
+            chan //= 2
+            self.decoders.append(nn.Sequential(*[NAFBlock(chan, time_dim, variant) for _ in range(num)]))
+        self.padder_size = 2 ** len(self.encoders)
+
+    def embed(self, t, batch, device, src_lens=None, tgt_lens=None, disparity=None):
+        """Time embedding (and lens embedding for bokeh) for a batch: the per-step constants."""
+        t = as_batch_vector(t, batch, device)
+        if self.variant != "bokeh":
+            return self.time_mlp(t), None
+        if src_lens is None or tgt_lens is None or disparity is None:
+            raise ValueError("the bokeh network needs src_lens, tgt_lens and disparity")
+        lens = [self.pos_emb(as_batch_vector(v, batch, device)) for v in (src_lens, tgt_lens, disparity)]
+        return self.time_mlp(self.pos_emb(t)), self.cam_mlp(torch.cat(lens, dim=1))
+
+    def forward(self, x, cond, t, src_lens=None, tgt_lens=None, disparity=None):
+        if self.variant == "stereo":
+            xl, xr = x.chunk(2, dim=1)
+            cl, cr = cond.chunk(2, dim=1)
+            feats = torch.cat([torch.cat([xl - cl, cl], 1), torch.cat([xr - cr, cr], 1)], dim=0)
+            t = as_batch_vector(t, x.shape[0], x.device).repeat(2)
+        else:
+            feats = torch.cat([x - cond, cond], dim=1)
+        t_emb, cam_emb = self.embed(t, feats.shape[0], x.device, src_lens, tgt_lens, disparity)
+        out = self.body(feats, t_emb, cam_emb)
+        if self.variant == "stereo":
+            left, right = out.chunk(2, dim=0)
+            out = torch.cat([left, right], dim=1)
+        return out
+
+    def body(self, feats, t_emb, cam_emb=None):
+        """The U-Net on already concatenated features; pads to a multiple of 2^depth and crops back."""
+        h, w = feats.shape[-2:]
+        pad_h = (self.padder_size - h % self.padder_size) % self.padder_size
+        pad_w = (self.padder_size - w % self.padder_size) % self.padder_size
+        x = self.intro(F.pad(feats, (0, pad_w, 0, pad_h)))
+        intro_out = x
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            for block in encoder:
+                x = block(x, t_emb, cam_emb)
+            skips.append(x)
+            x = down(x)
+        for block in self.middle_blks:
+            x = block(x, t_emb, cam_emb)
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            x = up(x) + skip
+            for block in decoder:
+                x = block(x, t_emb, cam_emb)
+        if self.variant == "latent":
+            x = x + intro_out
+        return self.ending(x)[..., :h, :w]
