@@ -16,6 +16,8 @@ def relative_error(out, ref):
 @pytest.fixture(scope="session")
 def golden_dir():
     if not (GOLDEN / "vectors.safetensors").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"golden vectors not found at {GOLDEN}: CI must run beside ../shared")
         pytest.skip(f"golden vectors not found at {GOLDEN} (set TILEDIFF_GOLDEN)")
     return GOLDEN
 

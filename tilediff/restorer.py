@@ -1,0 +1,119 @@
+"""The public restoration API: ``Restorer`` (one model, many images)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import engine
+from .tasks import get_task
+from .weights import ModelFileError, load_model
+
+
+def resolve_device(device):
+    """'auto' → cuda when available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
+    return device
+
+
+def to_float_rgb(image):
+    """An HxWxC array (uint8, uint16 or float in [0,1]) as float32 HxWx3 in [0,1]."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected an HxW or HxWxC image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255
+    elif arr.dtype == np.uint16:
+        arr = arr.astype(np.float32) / 65535
+    else:
+        arr = arr.astype(np.float32)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[..., :3]
+    elif arr.shape[2] != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {arr.shape[2]}")
+    if not np.isfinite(arr).all():
+        raise ValueError("image holds NaN or infinite values")
+    return np.clip(arr, 0, 1)
+
+
+class Restorer:
+    """Restores images with one model file.
+
+    >>> r = Restorer("dehaze")                       # the shipped weights
+    >>> r = Restorer("dehaze", weights="model.safetensors")
+    >>> out = r.restore(image)                        # HxWx3 float32 in [0, 1]
+    """
+
+    def __init__(self, task=None, weights=None, device="auto", precision="fp32"):
+        if weights is None:
+            if task is None:
+                raise ValueError("give a task or a weights file")
+            task_obj = get_task(task)
+            weights = task_obj.shipped_weights()
+            if weights is None:
+                raise ModelFileError(
+                    f"task {task_obj.name} has no shipped weights: pass --weights MODEL.safetensors "
+                    f"(convert the reference checkpoints, {task_obj.reference_checkpoints}, with "
+                    f"`tilediff convert`)")
+        self.device = resolve_device(device)
+        self.model = load_model(weights, device=self.device)
+        if task is not None and get_task(task).name != self.model.task:
+            raise ModelFileError(f"{weights}: this model file is for task {self.model.task}, not {task}")
+        self.task = get_task(self.model.task)
+        self.precision = precision
+        self.weights = Path(weights)
+
+    def restore(self, image, *, steps=None, sampler="sde", seed=0, tile=None, overlap=None, mode="auto",
+                memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None):
+        """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
+
+        For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
+        reference algorithm on the whole image at once; 'tiled' forces tiling; 'auto' plans.
+        """
+        if isinstance(image, (str, Path)):
+            from .io import read_image
+            image = read_image(image).rgb
+        if self.task.stereo:
+            if not (isinstance(image, (tuple, list)) and len(image) == 2):
+                raise ValueError("stereo-sr restores a (left, right) pair of images")
+            left, right = (to_float_rgb(v) for v in image)
+            if left.shape != right.shape:
+                raise ValueError(f"left and right views differ in size: {left.shape} vs {right.shape}")
+            x = torch.cat([self._tensor(left), self._tensor(right)], dim=1)
+        else:
+            x = self._tensor(to_float_rgb(image))
+        lens = None
+        if self.task.needs_lens:
+            if src_lens is None or tgt_lens is None or disparity is None:
+                raise ValueError("the bokeh task needs src_lens, tgt_lens and disparity")
+            from .tasks import lens_value
+            lens = (lens_value(src_lens), lens_value(tgt_lens), float(disparity))
+        options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
+                                 memory_budget=memory_budget, precision=self.precision, progress=progress)
+        out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens)
+        out = out[0].permute(1, 2, 0).numpy()
+        if self.task.stereo:
+            return out[..., :3].copy(), out[..., 3:].copy()
+        return out
+
+    def _tensor(self, rgb):
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        if self.task.upscale != 1:
+            x = F.interpolate(x, scale_factor=self.task.upscale, mode="bicubic", align_corners=False).clamp(0, 1)
+        return x
+
+    def restore_file(self, src, dst, **options):
+        """Read, restore and write one file, keeping bit depth, alpha and metadata (see io)."""
+        from .io import read_image, write_image
+        image = read_image(src)
+        out = self.restore(image.rgb, **options)
+        write_image(dst, out, like=image)
+        return Path(dst)

@@ -1,0 +1,1 @@
+"""Shipped model files (installed as ``tilediff.shipped_weights``); see each file's model card."""
