@@ -71,21 +71,25 @@ def _progress_printer(quiet):
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
-    bars = {}
+    state = {"bar": None, "stage": None}
 
     def progress(stage, done, total):
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=f"{stage:7}", unit="step" if stage == "sample" else "tile",
-                                     leave=False, file=sys.stderr, dynamic_ncols=True)
+        """One bar, restarted for each stage; the sample stage counts tile-batches × steps."""
+        bar = state["bar"]
+        if bar is None or state["stage"] != stage:
+            if bar is not None:
+                bar.close()
+            unit = "tile-step" if stage == "sample" else "tile"
+            bar = state["bar"] = tqdm(total=total, desc=f"{stage:16}", unit=unit, leave=False, file=sys.stderr,
+                                      dynamic_ncols=True)
+            state["stage"] = stage
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)
 
     def close():
-        for bar in bars.values():
-            bar.close()
-        bars.clear()
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
     return progress, close
 
 

@@ -1,18 +1,30 @@
-"""The scheduler: encode → sample → decode for one image.
+"""The scheduler: encode → sample → decode for one image under a memory budget.
 
 ``restore_tensor`` runs a model on a (1, C, H, W) float32 canvas in [0, 1] held on the host.
-Whole-image mode is the reference algorithm (encode → x_T = μ + λz → reverse sampler → decode).
+
+- whole mode is the reference algorithm (encode → x_T = μ + λz → reverse sampler → decode), each
+  network on the whole image at once;
+- tiled mode runs the compressor over tiles exactly (``tiled_compressor``) and, where the latent does
+  not fit the budget, evaluates the noise network on overlapping latent tiles whose ε are blended
+  with raised-cosine windows before one sampler step is applied to the whole canvas.
+The noise network's SCA pools globally, so whole-latent evaluation is exact and tiled evaluation an
+approximation; 'auto' uses the whole latent whenever it fits.
 """
-import math
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from . import sde
 from .noise import START_STEP, PositionalNoise
+from .tiled_compressor import TiledCompressor, decoder_halo, encoder_halo
+from .tiling import blend_window, grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODES = ("auto", "whole", "tiled")
+GB = 1 << 30
 
 
 @dataclass
@@ -20,13 +32,201 @@ class Options:
     steps: int | None = None          # sampler steps (the schedule's T); None = the model's T
     sampler: str = "sde"
     seed: int = 0
-    tile: int | None = None           # tile size (latent units for latent tasks, pixels otherwise)
+    tile: int | None = None           # noise-network tile (latent units for latent tasks, pixels otherwise)
     overlap: int | None = None
     mode: str = "auto"                # auto | whole | tiled
-    memory_budget: int | None = None  # bytes
+    memory_budget: int | None = None  # bytes; default: free device memory
     precision: str = "fp32"
     progress: Callable | None = None  # progress(stage, done, total)
+    compressor_tile: int | None = None  # in latent units; default from the budget
+    batch: int | None = None          # noise tiles per network call; default from the budget
+    stats: dict = field(default_factory=dict)  # filled with per-stage seconds and the plan
 
+
+@dataclass
+class Plan:
+    """What the engine will do for one image; ``describe`` is the summary users see."""
+
+    image_hw: tuple
+    canvas_hw: tuple                  # latent (latent tasks) or image (pixel tasks) size
+    canvas_channels: int
+    latent: bool
+    compressor_mode: str              # whole | tiled | none
+    compressor_tile: int
+    skips: str                        # fp32 | fp16 | recompute | whole
+    encode_tiles: int
+    decode_tiles: int
+    noise_mode: str                   # whole | tiled
+    noise_tile: int
+    noise_overlap: int
+    noise_batch: int
+    noise_tiles: int
+    steps: int
+    budget: int
+    expected_peak: int
+
+    def describe(self):
+        h, w = self.image_hw
+        lines = [f"image {w}x{h} -> {'latent' if self.latent else 'pixel'} canvas "
+                 f"{self.canvas_hw[1]}x{self.canvas_hw[0]}x{self.canvas_channels}, {self.steps} steps"]
+        if self.latent:
+            if self.compressor_mode == "whole":
+                lines.append("encode/decode: whole image (reference mode)")
+            else:
+                lines.append(f"encode: {self.encode_tiles} tiles of {self.compressor_tile} latent units; "
+                             f"decode: {self.decode_tiles} tiles; skips {self._skips_text()}")
+        if self.noise_mode == "whole":
+            lines.append("sample: noise network on the whole canvas (exact)")
+        else:
+            lines.append(f"sample: {self.noise_tiles} tiles of {self.noise_tile} with overlap {self.noise_overlap}, "
+                         f"batch {self.noise_batch} ({-(-self.noise_tiles // self.noise_batch)} calls per step)")
+        lines.append(f"expected peak memory {self.expected_peak / GB:.2f} GB of a {self.budget / GB:.2f} GB budget")
+        return "\n".join(lines)
+
+    def _skips_text(self):
+        return {"fp32": "kept on the host (fp32)", "fp16": "kept on the host (fp16)",
+                "recompute": "recomputed per decode tile"}.get(self.skips, self.skips)
+
+
+# ---- memory model ---------------------------------------------------------------------------
+
+def available_memory(device):
+    """Free memory on the device (CUDA) or available host memory (CPU), in bytes."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * GB
+
+
+def default_budget(device):
+    """Most of the free device memory; on CPU, 60 % of the available host memory."""
+    return int(available_memory(device) * (0.85 if device.type == "cuda" else 0.6))
+
+
+def noise_bytes(net, h, w, batch, itemsize):
+    """Rough peak activation memory of one noise-network call on a batch of h×w inputs."""
+    width = net.intro.out_channels
+    views = 2 if net.variant == "stereo" else 1
+    hp, wp = -(-h // net.padder_size) * net.padder_size, -(-w // net.padder_size) * net.padder_size
+    return int(14 * width * hp * wp * batch * views * itemsize)
+
+
+def compressor_tile_bytes(comp, tile, recompute, itemsize):
+    """Rough peak memory of one fused decode-tail tile (the heaviest compressor stage)."""
+    unit = 2 ** (comp.depth - 1)
+    side = (tile + 2 * decoder_halo(comp.depth)) * unit
+    per_px = 0
+    for k, level in enumerate(comp.decoder):
+        scale = 4 ** (comp.depth - 1 - k)
+        per_px += 5 * level[0].block1.proj.in_channels / scale
+    total = per_px * side * side * itemsize
+    if recompute:
+        side_e = side + 2 * encoder_halo(comp.depth) * unit
+        enc_px = sum(4 * lvl[0].block1.proj.in_channels / 4 ** i for i, lvl in enumerate(comp.encoder))
+        total += enc_px * side_e * side_e * itemsize
+    return int(total)
+
+
+def skip_elements(comp, h, w):
+    """Elements of all kept skip tensors for an h×w image (padded to the compressor multiple)."""
+    m = comp.multiple
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    total = comp.init_conv.out_channels * hp * wp
+    for level, blocks in enumerate(comp.encoder):
+        total += 2 * blocks[0].block1.proj.out_channels * (hp >> level) * (wp >> level)
+    return total
+
+
+def make_plan(model, image_hw, channels, options, device):
+    """Choose modes, tile sizes and batch from the image size, the model and the memory budget."""
+    if options.mode not in MODES:
+        raise ValueError(f"unknown mode {options.mode!r}; expected one of {MODES}")
+    itemsize = torch.tensor([], dtype=DTYPES[options.precision]).element_size()
+    budget = int(options.memory_budget or default_budget(device))
+    h, w = image_hw
+    comp = model.compressor
+    sch_T = options.steps or model.sde["T"]
+    weight_bytes = sum(p.numel() for p in model.noise.parameters()) * itemsize
+    if comp is not None:
+        weight_bytes += sum(p.numel() for p in comp.parameters()) * itemsize
+        unit = 2 ** (comp.depth - 1)
+        m = comp.multiple
+        ch, cw = -(-h // m) * m // unit, -(-w // m) * m // unit
+        cc = comp.latent_conv.out_channels
+    else:
+        ch, cw, cc = h, w, channels
+    host_fixed = 4 * (2 * channels * h * w + 6 * cc * ch * cw)   # image, output, canvases (fp32)
+    on_host = device.type == "cpu"
+    fixed = host_fixed + weight_bytes if on_host else weight_bytes
+
+    compressor_mode, skips, ctile, enc_tiles, dec_tiles, comp_peak = "none", "whole", 0, 0, 0, 0
+    if comp is not None:
+        if options.mode == "whole":
+            compressor_mode, skips = "whole", "whole"
+            comp_peak = int(skip_elements(comp, h, w) * 4 * 2.5)
+            ctile = max(ch, cw)
+        else:
+            compressor_mode = "tiled"
+            n_skip = skip_elements(comp, h, w)
+            skip_host = {"fp32": 4 * n_skip, "fp16": 2 * n_skip, "recompute": 0}
+            ctile = options.compressor_tile
+            for mode_name in ("fp32", "fp16", "recompute"):
+                host_need = skip_host[mode_name] + (host_fixed if not on_host else 0)
+                room = budget - fixed - (skip_host[mode_name] if on_host else 0)
+                if not on_host and host_need > available_memory(torch.device("cpu")) * 0.8:
+                    continue
+                candidates = [ctile] if ctile else [64, 48, 32, 24, 16, 12, 8, 6, 4, 2, 1]
+                fits = [t for t in candidates if compressor_tile_bytes(comp, t, mode_name == "recompute", itemsize) <= room]
+                if fits:
+                    skips, ctile = mode_name, fits[0]
+                    break
+            else:
+                skips = "recompute"
+                ctile = ctile or 1
+            ctile = min(ctile, max(ch, cw))
+            enc_tiles = -(-ch // ctile) * -(-cw // ctile)
+            dec_tiles = enc_tiles
+            comp_peak = (skip_host[skips] if on_host else 0) + compressor_tile_bytes(comp, ctile, skips == "recompute", itemsize)
+
+    room = budget - fixed - (comp_peak if compressor_mode == "tiled" and on_host and skips != "recompute" else 0)
+    whole_bytes = noise_bytes(model.noise, ch, cw, 1, itemsize)
+    force_tiles = options.mode == "tiled" or options.tile is not None
+    if options.mode == "whole" or (not force_tiles and whole_bytes <= room):
+        noise_mode, ntile, overlap, batch, ntiles = "whole", max(ch, cw), 0, 1, 1
+        noise_peak = whole_bytes
+    else:
+        noise_mode = "tiled"
+        align = model.noise.padder_size
+        if options.tile:
+            ntile = options.tile
+        else:
+            ntile = align
+            for t in (512, 384, 256, 192, 128, 96, 64, 48, 32, 16):
+                if t >= align and noise_bytes(model.noise, t, t, 1, itemsize) <= room:
+                    ntile = t
+                    break
+        overlap = options.overlap if options.overlap is not None else max(ntile // 4, 1)
+        if overlap >= ntile:
+            raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({ntile})")
+        tiles = grid(ch, cw, ntile, overlap)
+        ntiles = len(tiles)
+        th, tw = tiles[0].shape
+        per_tile = noise_bytes(model.noise, th, tw, 1, itemsize)
+        batch = options.batch or max(1, min(16, ntiles, room // max(per_tile, 1)))
+        noise_peak = per_tile * batch
+    expected = fixed + max(comp_peak, noise_peak)
+    return Plan((h, w), (ch, cw), cc, comp is not None, compressor_mode, ctile, skips, enc_tiles, dec_tiles,
+                noise_mode, ntile, overlap, batch, ntiles, sch_T, budget, int(expected))
+
+
+# ---- stages -----------------------------------------------------------------------------------
 
 def schedule_for(model, steps=None):
     cfg = dict(model.sde)
@@ -37,49 +237,136 @@ def schedule_for(model, steps=None):
     return sde.make_schedule(**cfg)
 
 
-def _report(options, stage, done, total):
-    if options.progress is not None:
-        options.progress(stage, done, total)
+def _lens_kwargs(lens):
+    return {} if lens is None else dict(src_lens=lens[0], tgt_lens=lens[1], disparity=lens[2])
 
 
-def noise_function(net, mu, device, dtype, lens=None):
-    """noise_fn(x, t) -> ε for the whole canvas, computed in ``dtype`` on ``device``, returned float32."""
+def whole_noise_fn(net, mu, device, dtype, lens=None):
+    """noise_fn(x, t) -> ε of the whole canvas, computed in ``dtype`` on ``device``, returned float32 on the host."""
     mu_d = mu.to(device=device, dtype=dtype)
-    kwargs = {}
-    if lens is not None:
-        kwargs = dict(src_lens=lens[0], tgt_lens=lens[1], disparity=lens[2])
+    kwargs = _lens_kwargs(lens)
 
     def noise_fn(x, t):
-        with torch.no_grad():
-            eps = net(x.to(device=device, dtype=dtype), mu_d, t, **kwargs)
+        eps = net(x.to(device=device, dtype=dtype), mu_d, t, **kwargs)
         return eps.to(device=x.device, dtype=torch.float32)
     return noise_fn
 
 
+def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, report=None):
+    """noise_fn(x, t) -> ε blended from overlapping tiles (normalised raised-cosine weights)."""
+    _, c, h, w = mu.shape
+    tiles = grid(h, w, tile, overlap)
+    windows = [blend_window(t, tiles, h, w) for t in tiles]
+    weight_sum = torch.zeros(h, w)
+    for t, win in zip(tiles, windows):
+        weight_sum[t.slices] += win
+    kwargs = _lens_kwargs(lens)
+    groups = [list(range(i, min(i + batch, len(tiles)))) for i in range(0, len(tiles), batch)]
+
+    def noise_fn(x, t_step):
+        eps = torch.zeros_like(x)
+        for g, group in enumerate(groups):
+            xs = torch.cat([x[(slice(None), slice(None)) + tiles[i].slices] for i in group])
+            ms = torch.cat([mu[(slice(None), slice(None)) + tiles[i].slices] for i in group])
+            out = net(xs.to(device=device, dtype=dtype), ms.to(device=device, dtype=dtype), t_step, **kwargs)
+            out = out.to(device="cpu", dtype=torch.float32)
+            for j, i in enumerate(group):
+                eps[(slice(None), slice(None)) + tiles[i].slices] += out[j:j + 1] * windows[i]
+            if report is not None:
+                report(g + 1, len(groups))
+        return eps / weight_sum
+    return noise_fn
+
+
+def _is_oom(err):
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
-    """Restore a (1, C, H, W) canvas; returns the restored (1, C, H, W) canvas clamped to [0, 1]."""
+    """Restore a (1, C, H, W) host canvas; returns the restored (1, C, H, W) canvas clamped to [0, 1]."""
     if options.sampler not in sde.SAMPLERS:
         raise ValueError(f"unknown sampler {options.sampler!r}; expected one of {', '.join(sde.SAMPLERS)}")
+    if options.precision not in DTYPES:
+        raise ValueError(f"unknown precision {options.precision!r}; expected one of {', '.join(DTYPES)}")
+    device = torch.device(device)
     dtype = DTYPES[options.precision]
+    _, channels, h, w = x.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"empty image ({w}x{h})")
+    plan = make_plan(model, (h, w), channels, options, device)
+    options.stats["plan"] = plan
     model.to(device=device, dtype=dtype)
     sch = schedule_for(model, options.steps)
     noise = PositionalNoise(options.seed)
+    report = options.progress or (lambda *a: None)
+    timings = options.stats.setdefault("seconds", {})
     with torch.no_grad():
-        if model.compressor is not None:
-            _report(options, "encode", 0, 1)
+        start = time.perf_counter()
+        canvas = tiled = None
+        if model.compressor is None:
+            mu = x.float()
+        elif plan.compressor_mode == "whole":
+            report("encode", 0, 1)
             mu, hidden = model.compressor.encode(x.to(device=device, dtype=dtype))
             mu = mu.float().cpu()
-            _report(options, "encode", 1, 1)
+            report("encode", 1, 1)
         else:
-            mu = x.float()
+            tiled, canvas = _retry_on_oom(lambda t: _tiled_encode(model, x, device, dtype, plan, t, report),
+                                          plan.compressor_tile, plan, "compressor_tile")
+            mu = canvas.latent
+        timings["encode"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         state = sde.start_state(sch, mu, noise(START_STEP, mu))
-        noise_fn = noise_function(model.noise, mu, device, dtype, lens)
-        state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise,
-                           callback=lambda i, t: _report(options, "sample", i + 1, sch.T))
-        if model.compressor is not None:
-            _report(options, "decode", 0, 1)
-            out = model.compressor.decode(state.to(device=device, dtype=dtype), hidden).float().cpu()
-            _report(options, "decode", 1, 1)
+        if plan.noise_mode == "whole":
+            noise_fn = whole_noise_fn(model.noise, mu, device, dtype, lens)
+            total = sch.T
+            callback = lambda i, t: report("sample", i + 1, total)  # noqa: E731
         else:
+            n_calls = -(-plan.noise_tiles // plan.noise_batch)
+            total = sch.T * n_calls
+            step_index = [0]
+            noise_fn = tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap,
+                                      plan.noise_batch, lens,
+                                      report=lambda g, n: report("sample", step_index[0] * n + g, total))
+            callback = lambda i, t: step_index.__setitem__(0, i + 1)  # noqa: E731
+        state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
+        timings["sample"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        if model.compressor is None:
             out = state
-    return out.clamp(0, 1)
+        elif plan.compressor_mode == "whole":
+            report("decode", 0, 1)
+            out = model.compressor.decode(state.to(device=device, dtype=dtype), hidden).float().cpu()
+            report("decode", 1, 1)
+        else:
+            out = _retry_on_oom(lambda t: _tiled_decode(tiled, t, state, canvas, x), plan.compressor_tile,
+                                plan, "compressor_tile")
+        timings["decode"] = time.perf_counter() - start
+    return out.clamp_(0, 1)
+
+
+def _tiled_encode(model, x, device, dtype, plan, tile, report):
+    tiled = TiledCompressor(model.compressor, device, dtype, tile=tile, keep_skips=plan.skips != "recompute",
+                            skip_dtype=torch.float16 if plan.skips == "fp16" else torch.float32,
+                            progress=report)
+    return tiled, tiled.encode(x)
+
+
+def _tiled_decode(tiled, tile, state, canvas, image):
+    tiled.tile = tile
+    return tiled.decode(state, canvas, image)
+
+
+def _retry_on_oom(run, tile, plan, field_name):
+    """Run a tiled stage; on a CUDA out-of-memory error halve the tile and try again."""
+    while True:
+        try:
+            return run(tile)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err) or tile <= 1:
+                raise
+            torch.cuda.empty_cache()
+            tile = max(1, tile // 2)
+            setattr(plan, field_name, tile)

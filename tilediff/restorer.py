@@ -72,11 +72,13 @@ class Restorer:
         self.weights = Path(weights)
 
     def restore(self, image, *, steps=None, sampler="sde", seed=0, tile=None, overlap=None, mode="auto",
-                memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None):
+                memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
+                compressor_tile=None, batch=None):
         """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
 
         For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
         reference algorithm on the whole image at once; 'tiled' forces tiling; 'auto' plans.
+        ``stats`` (a dict) receives the plan and the seconds per stage.
         """
         if isinstance(image, (str, Path)):
             from .io import read_image
@@ -97,7 +99,9 @@ class Restorer:
             from .tasks import lens_value
             lens = (lens_value(src_lens), lens_value(tgt_lens), float(disparity))
         options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
-                                 memory_budget=memory_budget, precision=self.precision, progress=progress)
+                                 memory_budget=memory_budget, precision=self.precision, progress=progress,
+                                 compressor_tile=compressor_tile, batch=batch,
+                                 stats=stats if stats is not None else {})
         out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens)
         out = out[0].permute(1, 2, 0).numpy()
         if self.task.stereo:

@@ -19,6 +19,16 @@ def conv3(dim_in, dim_out, kernel_size=3, bias=False):
     return nn.Conv2d(dim_in, dim_out, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
+def reflect_index(n, size):
+    """Indices 0..n−1 mapped into 0..size−1 by repeated mirror reflection without repeating the
+    edge: torch's 'reflect' padding where that is defined (padding < size), extended to any n."""
+    if size == 1:
+        return torch.zeros(n, dtype=torch.long)
+    period = 2 * (size - 1)
+    i = torch.arange(n) % period
+    return torch.where(i < size, i, period - i)
+
+
 class Block(nn.Module):
     def __init__(self, dim_in, dim_out):
         super().__init__()
@@ -170,9 +180,15 @@ class Compressor(nn.Module):
         return 2 ** (self.depth - 1)
 
     def pad(self, x):
+        """Reflect-pad right/bottom to a multiple of 2^depth (the reference's padding). Images
+        smaller than the padding, where torch's reflect is undefined, keep mirroring (see
+        ``reflect_index``) instead of failing."""
         m = self.multiple
         h, w = x.shape[-2:]
-        return F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        if ph < h and pw < w:
+            return F.pad(x, (0, pw, 0, ph), mode="reflect")
+        return x[:, :, reflect_index(h + ph, h)][:, :, :, reflect_index(w + pw, w)]
 
     def encode(self, x):
         hidden = Skips()

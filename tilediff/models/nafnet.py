@@ -5,6 +5,8 @@ Variants (REFUSION.md): ``pixel`` ends with ending(x); ``latent`` with ending(x 
 ``stereo`` ends every block with a stereo cross-attention (SCAM) between the left and right views.
 Constructor arguments and state-dict keys are the reference's, so its checkpoints load strictly.
 """
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +14,22 @@ from torch import nn
 from .layers import LayerNorm, SimpleGate, SinusoidalPosEmb, as_batch_vector
 
 VARIANTS = ("pixel", "latent", "bokeh", "stereo")
+
+
+def use_fused_kernels(x):
+    """Whether a NAFBlock should run the fused Triton path on this input.
+
+    On CUDA by default (``TILEDIFF_KERNELS=0`` turns it off); on CPU only when asked for with
+    ``TILEDIFF_KERNELS=1`` and the kernels were built for the Triton interpreter (tests). Never while
+    autograd records, since the fused path has no backward.
+    """
+    setting = os.environ.get("TILEDIFF_KERNELS", "auto").strip()
+    if setting == "0" or (x.device.type != "cuda" and setting != "1"):
+        return False
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    from tilediff.kernels.nafblock import kernels_available
+    return kernels_available(x.device)
 
 
 class SCAM(nn.Module):
@@ -81,6 +99,11 @@ class NAFBlock(nn.Module):
 
     def forward(self, inp, t_emb, cam_emb=None):
         shift_att, scale_att, shift_ffn, scale_ffn, *cam = self.modulations(t_emb, cam_emb)
+        if use_fused_kernels(inp):
+            from tilediff.kernels.nafblock import NAFBlockParams, fused_nafblock_forward
+            x = fused_nafblock_forward(inp, NAFBlockParams.from_module(self),
+                                       (shift_att, scale_att, shift_ffn, scale_ffn), tuple(cam) or None)
+            return self.fusion(x) if self.variant == "stereo" else x
         x = self.norm1(inp)
         x = x * (scale_att + 1) + shift_att
         x = self.sg(self.conv2(self.conv1(x)))
@@ -146,12 +169,15 @@ class ConditionalNAFNet(nn.Module):
     def embed(self, t, batch, device, src_lens=None, tgt_lens=None, disparity=None):
         """Time embedding (and lens embedding for bokeh) for a batch: the per-step constants."""
         t = as_batch_vector(t, batch, device)
+        dtype = self.intro.weight.dtype
         if self.variant != "bokeh":
+            if dtype != torch.float32:   # embedding in fp32, then the Linear layers' dtype
+                return self.time_mlp[1:](self.time_mlp[0](t).to(dtype)), None
             return self.time_mlp(t), None
         if src_lens is None or tgt_lens is None or disparity is None:
             raise ValueError("the bokeh network needs src_lens, tgt_lens and disparity")
         lens = [self.pos_emb(as_batch_vector(v, batch, device)) for v in (src_lens, tgt_lens, disparity)]
-        return self.time_mlp(self.pos_emb(t)), self.cam_mlp(torch.cat(lens, dim=1))
+        return self.time_mlp(self.pos_emb(t).to(dtype)), self.cam_mlp(torch.cat(lens, dim=1).to(dtype))
 
     def forward(self, x, cond, t, src_lens=None, tgt_lens=None, disparity=None):
         if self.variant == "stereo":

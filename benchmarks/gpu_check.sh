@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# GPU check of the fused NAFBlock kernels: compiled tests, then timings.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR] [extra benchmarks/gpu_bench.py arguments...]
+#
+# 1. python -m pytest -q tests/test_kernels.py with TRITON_INTERPRET unset (kernels compiled for
+#    the GPU; the tests pick the cuda device).  If pytest is not installed, gpu_bench.py --verify
+#    does a fused-vs-reference check instead.
+# 2. python benchmarks/gpu_bench.py OUT_DIR --budget-s <what is left of ~7.5 minutes>
+#    (one NAFBlock at c=64..512, 16xcx128x128, fp16/bf16/fp32: eager vs torch.compile vs fused;
+#    then the latent network).  Results: OUT_DIR/gpu_<device>_<date>.json/.md, plus
+#    OUT_DIR/pytest_kernels.log and OUT_DIR/gpu_check.log.
+# Needs only torch (CUDA) + triton; tilediff is used from this checkout (installed editable or not).
+set -u -o pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+OUT_DIR="${1:-benchmarks/results}"
+[ $# -gt 0 ] && shift
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+LOG="$OUT_DIR/gpu_check.log"
+TOTAL_BUDGET="${GPU_CHECK_BUDGET_S:-450}"   # seconds for the whole script (kept under 8 minutes)
+PYTEST_TIMEOUT="${GPU_CHECK_PYTEST_S:-210}"
+PY="${PYTHON:-python}"
+SECONDS=0
+
+log() { echo "[gpu_check ${SECONDS}s] $*" | tee -a "$LOG"; }
+: > "$LOG"
+
+log "repo $REPO, output $OUT_DIR"
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as exc:
+    print("triton import failed:", exc)
+EOF
+
+# tilediff importable?  (kernels/ is installed as tilediff.kernels by setup.py; without an editable
+# install, build a shim package folder that maps it)
+if ! "$PY" -c "import tilediff.kernels.nafblock" >/dev/null 2>&1; then
+    SHIM="$(mktemp -d)/shim"
+    mkdir -p "$SHIM/tilediff"
+    for entry in "$REPO"/tilediff/*; do ln -s "$entry" "$SHIM/tilediff/$(basename "$entry")"; done
+    ln -s "$REPO/kernels" "$SHIM/tilediff/kernels"
+    export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+    if "$PY" -c "import tilediff.kernels.nafblock" >/dev/null 2>&1; then
+        log "tilediff not installed: using shim package at $SHIM"
+    else
+        log "ERROR: cannot import tilediff.kernels"
+        "$PY" -c "import tilediff.kernels.nafblock" 2>&1 | tail -5 | tee -a "$LOG"
+    fi
+fi
+
+# 1. compiled tests
+unset TRITON_INTERPRET
+PYTEST_RC=-1
+PYTEST_SUMMARY="not run"
+EXTRA_VERIFY=()
+if "$PY" -c "import pytest" >/dev/null 2>&1; then
+    log "pytest tests/test_kernels.py (compiled, timeout ${PYTEST_TIMEOUT}s)"
+    timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels.py \
+        > "$OUT_DIR/pytest_kernels.log" 2>&1
+    PYTEST_RC=$?
+    PYTEST_SUMMARY="$(grep -E '(passed|failed|error|skipped)' "$OUT_DIR/pytest_kernels.log" | tail -1)"
+    [ "$PYTEST_RC" = 124 ] && PYTEST_SUMMARY="timed out after ${PYTEST_TIMEOUT}s; $PYTEST_SUMMARY"
+    tail -25 "$OUT_DIR/pytest_kernels.log" | tee -a "$LOG"
+    log "pytest rc=$PYTEST_RC: $PYTEST_SUMMARY"
+    if [ "$PYTEST_RC" != 0 ]; then EXTRA_VERIFY=(--verify); fi
+else
+    log "pytest is not installed: gpu_bench.py --verify checks fused vs reference instead"
+    PYTEST_SUMMARY="pytest not installed (see verify section)"
+    EXTRA_VERIFY=(--verify)
+fi
+
+# 2. timings, in what is left of the budget
+LEFT=$(( TOTAL_BUDGET - SECONDS - 15 ))
+[ "$LEFT" -lt 60 ] && LEFT=60
+log "gpu_bench.py, budget ${LEFT}s"
+timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" \
+    --pytest-rc "$PYTEST_RC" --pytest-summary "$PYTEST_SUMMARY" ${EXTRA_VERIFY[@]+"${EXTRA_VERIFY[@]}"} "$@" 2>&1 | tee -a "$LOG"
+BENCH_RC=${PIPESTATUS[0]}
+log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
+ls -la "$OUT_DIR" | tee -a "$LOG"
+if [ "$PYTEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]; then exit 0; fi
+exit 1

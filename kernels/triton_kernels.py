@@ -1,0 +1,525 @@
+"""Triton kernels that fuse the conditional NAFBlock (imports triton; import lazily).
+
+Four kernels, each with a plain-PyTorch reference in :mod:`.reference` (``reference_<name>``):
+
+``ln_modulate``        channel LayerNorm (gain only, fp32 statistics) fused with x*(1+scale)+shift.
+``dwconv_gate_pool``   3x3 depthwise conv + bias on 2c channels fused with SimpleGate; in the same
+                       pass it accumulates the SCA pooling sums (fp32, per (b, channel) over H*W)
+                       with ``tl.atomic_add``.
+``sca_vector``         s = b_sca + (pool / HW) @ w_sca^T, the (B, c) SCA scale (tiny).
+``conv1x1_fused``      a 1x1 conv as a ``tl.dot`` GEMM over channels with optional fused prologue
+                       (LayerNorm + modulation of the input, or the per-(b, cin) SCA scale) and
+                       epilogue (bias, SimpleGate of the two output halves, cam modulation,
+                       ``residual + coef * out``).
+
+Why the 1x1 convs are Triton GEMMs rather than cuBLAS: the NAFBlock is memory-bound, and doing the
+1x1 convs in-kernel lets the LayerNorm ride in the GEMM prologue and the gate/residual in its
+epilogue, so no normalised or pre-gate tensor is ever written to memory.  Per pixel the fused block
+moves 14·c elements (conv1: c in, 2c out; dwconv: 2c in, c out; conv3: 2c in, c out; conv4: c in,
+c out; conv5: 2c in, c out) against about 22·c with cuBLAS GEMMs + elementwise Triton epilogues.
+``ln_modulate`` is still provided (and tested) as a standalone kernel: the fused forward uses it
+when ``TILEDIFF_KERNELS_LN=separate`` (handy to compare on a GPU).
+
+Layouts: every kernel takes a (batch, channel, pixel) stride triple, so NCHW-contiguous and
+channels-last tensors are both handled without copies (H and W must be flattenable, which both
+layouts are).  Offsets inside one batch item are int32 (fine up to 2^31 elements per item).
+
+Precision: loads are converted to fp32, statistics/accumulations are fp32, one rounding on store.
+fp32 GEMMs use ``input_precision="ieee"`` unless ``torch.backends.cudnn.allow_tf32`` is set (the
+flag that governs the reference's ``F.conv2d``), in which case they use TF32 like the reference.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import ln_eps
+
+# Whether these kernels were decorated for the Triton interpreter (TRITON_INTERPRET is read when
+# @triton.jit runs, i.e. when this module is imported).
+try:
+    INTERPRET = bool(triton.knobs.runtime.interpret)
+except AttributeError:  # older triton
+    import os
+    INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _chunk_stats(x_base, offs_p, mask_p, C, s_c, s_p, eps,
+                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Per-pixel mean and 1/sqrt(var+eps) over C channels, chunk by chunk (Chan's combination of
+    per-chunk two-pass statistics: no E[x^2]-E[x]^2 cancellation)."""
+    mean = tl.zeros([BLOCK_P], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    count = tl.zeros([BLOCK_P], dtype=tl.float32)
+    offs_c0 = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        mask_c = offs_c < C
+        m = mask_c[:, None] & mask_p[None, :]
+        v = tl.load(x_base + offs_c[:, None] * s_c + offs_p[None, :] * s_p, mask=m, other=0.0).to(tl.float32)
+        nk = tl.sum(mask_c.to(tl.float32), axis=0)
+        cmean = tl.sum(v, axis=0) / nk
+        d = tl.where(m, v - cmean[None, :], 0.0)
+        cm2 = tl.sum(d * d, axis=0)
+        n_new = count + nk
+        delta = cmean - mean
+        mean = mean + delta * (nk / n_new)
+        m2 = m2 + cm2 + delta * delta * (count * nk / n_new)
+        count = n_new
+    rstd = 1.0 / tl.sqrt(m2 / count + eps)
+    return mean, rstd
+
+
+@triton.jit
+def _ln_modulate_kernel(x_ptr, out_ptr, g_ptr, scale_ptr, shift_ptr,
+                        C, P, sx_b, sx_c, sx_p, so_b, so_c, so_p,
+                        ssc_b, ssc_c, ssh_b, ssh_c, eps,
+                        HAS_MOD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    x_base = x_ptr + b * sx_b
+    o_base = out_ptr + b * so_b
+    mean, rstd = _chunk_stats(x_base, offs_p, mask_p, C, sx_c, sx_p, eps, BLOCK_C, BLOCK_P)
+    offs_c0 = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + offs_c0
+        mask_c = offs_c < C
+        m = mask_c[:, None] & mask_p[None, :]
+        v = tl.load(x_base + offs_c[:, None] * sx_c + offs_p[None, :] * sx_p, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        y = (v - mean[None, :]) * rstd[None, :] * g[:, None]
+        if HAS_MOD:
+            sc = tl.load(scale_ptr + b * ssc_b + offs_c * ssc_c, mask=mask_c, other=0.0).to(tl.float32)
+            sh = tl.load(shift_ptr + b * ssh_b + offs_c * ssh_c, mask=mask_c, other=0.0).to(tl.float32)
+            y = y * (1.0 + sc[:, None]) + sh[:, None]
+        tl.store(o_base + offs_c[:, None] * so_c + offs_p[None, :] * so_p,
+                 y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _dwconv_gate_pool_kernel(u_ptr, w_ptr, bias_ptr, out_ptr, pool_ptr,
+                             C, H, W, su_b, su_c, su_p, so_b, so_c, so_p,
+                             HAS_POOL: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """u: (B, 2C, H, W) -> out: (B, C, H, W) = dw(u)[:C] * dw(u)[C:]; pool[b, c] += sum_p out."""
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    P = H * W
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    hh0 = offs_p // W
+    ww0 = offs_p % W
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    base_a = u_ptr + b * su_b + offs_c[:, None] * su_c
+    base_b = base_a + C * su_c
+    acc_a = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for dh in tl.static_range(3):
+        hh = hh0 + (dh - 1)
+        row_ok = mask_p & (hh >= 0) & (hh < H)
+        for dw in tl.static_range(3):
+            ww = ww0 + (dw - 1)
+            ok = row_ok & (ww >= 0) & (ww < W)
+            m = mask_c[:, None] & ok[None, :]
+            poff = (hh * W + ww) * su_p
+            va = tl.load(base_a + poff[None, :], mask=m, other=0.0).to(tl.float32)
+            vb = tl.load(base_b + poff[None, :], mask=m, other=0.0).to(tl.float32)
+            wa = tl.load(w_ptr + offs_c * 9 + (dh * 3 + dw), mask=mask_c, other=0.0).to(tl.float32)
+            wb = tl.load(w_ptr + (offs_c + C) * 9 + (dh * 3 + dw), mask=mask_c, other=0.0).to(tl.float32)
+            acc_a += va * wa[:, None]
+            acc_b += vb * wb[:, None]
+    ba = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    bb = tl.load(bias_ptr + C + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    g = ((acc_a + ba[:, None]) * (acc_b + bb[:, None])).to(out_ptr.dtype.element_ty)
+    m_out = mask_c[:, None] & mask_p[None, :]
+    tl.store(out_ptr + b * so_b + offs_c[:, None] * so_c + offs_p[None, :] * so_p, g, mask=m_out)
+    if HAS_POOL:
+        # pool what was stored (rounded to the output dtype), as the reference pools its output
+        part = tl.sum(tl.where(m_out, g.to(tl.float32), 0.0), axis=1)
+        tl.atomic_add(pool_ptr + b * C + offs_c, part, mask=mask_c)
+
+
+@triton.jit
+def _conv1x1_kernel(x_ptr, w_ptr, bias_ptr, out_ptr,
+                    ln_g_ptr, mod_scale_ptr, mod_shift_ptr, in_scale_ptr,
+                    cam_scale_ptr, cam_shift_ptr, res_ptr, coef_ptr,
+                    Cin, Cout, P,
+                    sx_b, sx_c, sx_p, so_b, so_c, so_p, sr_b, sr_c, sr_p,
+                    sms_b, sms_c, smh_b, smh_c, sis_b, sis_c, scs_b, scs_c, sch_b, sch_c,
+                    eps,
+                    LN: tl.constexpr, LN_MOD: tl.constexpr, IN_SCALE: tl.constexpr,
+                    GATE: tl.constexpr, CAM: tl.constexpr, RESIDUAL: tl.constexpr,
+                    HAS_COEF: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[b, m, p] = epilogue( sum_k W[m, k] * prologue(x)[b, k, p] ), one (BLOCK_M x BLOCK_N)
+    tile of (output channels x pixels) per program; output-channel tiles vary fastest so that
+    programs sharing an input tile run together (it is then read from L2)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(Cout, BLOCK_M)
+    num_n = tl.cdiv(P, BLOCK_N)
+    pid_m = pid % num_m
+    rest = pid // num_m
+    pid_n = rest % num_n
+    b = (rest // num_n).to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < Cout
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < P
+    offs_k0 = tl.arange(0, BLOCK_K)
+    x_base = x_ptr + b * sx_b
+
+    if LN:
+        mean, rstd = _chunk_stats(x_base, offs_n, mask_n, Cin, sx_c, sx_p, eps, BLOCK_K, BLOCK_N)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if GATE:
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, Cin, BLOCK_K):
+        offs_k = k0 + offs_k0
+        mask_k = offs_k < Cin
+        xt = tl.load(x_base + offs_k[:, None] * sx_c + offs_n[None, :] * sx_p,
+                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if LN:
+            gk = tl.load(ln_g_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            xf = (xt.to(tl.float32) - mean[None, :]) * rstd[None, :] * gk[:, None]
+            if LN_MOD:
+                sc = tl.load(mod_scale_ptr + b * sms_b + offs_k * sms_c, mask=mask_k, other=0.0).to(tl.float32)
+                sh = tl.load(mod_shift_ptr + b * smh_b + offs_k * smh_c, mask=mask_k, other=0.0).to(tl.float32)
+                xf = xf * (1.0 + sc[:, None]) + sh[:, None]
+            xt = xf.to(x_ptr.dtype.element_ty)   # rows k >= Cin are exactly 0 (gk = sc = sh = 0)
+        if IN_SCALE:
+            s = tl.load(in_scale_ptr + b * sis_b + offs_k * sis_c, mask=mask_k, other=0.0).to(tl.float32)
+            xt = (xt.to(tl.float32) * s[:, None]).to(x_ptr.dtype.element_ty)
+        wt = tl.load(w_ptr + offs_m[:, None] * Cin + offs_k[None, :],
+                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        acc = tl.dot(wt, xt, acc, input_precision=PREC)
+        if GATE:
+            wt2 = tl.load(w_ptr + (offs_m[:, None] + Cout) * Cin + offs_k[None, :],
+                          mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            acc2 = tl.dot(wt2, xt, acc2, input_precision=PREC)
+
+    y = acc + tl.load(bias_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+    if GATE:
+        y = y * (acc2 + tl.load(bias_ptr + Cout + offs_m, mask=mask_m, other=0.0).to(tl.float32)[:, None])
+    if CAM:
+        cs = tl.load(cam_scale_ptr + b * scs_b + offs_m * scs_c, mask=mask_m, other=0.0).to(tl.float32)
+        csh = tl.load(cam_shift_ptr + b * sch_b + offs_m * sch_c, mask=mask_m, other=0.0).to(tl.float32)
+        y = y * (1.0 + cs[:, None]) + csh[:, None]
+    m_out = mask_m[:, None] & mask_n[None, :]
+    if RESIDUAL:
+        r = tl.load(res_ptr + b * sr_b + offs_m[:, None] * sr_c + offs_n[None, :] * sr_p,
+                    mask=m_out, other=0.0).to(tl.float32)
+        if HAS_COEF:
+            y = y * tl.load(coef_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+        y = r + y
+    tl.store(out_ptr + b * so_b + offs_m[:, None] * so_c + offs_n[None, :] * so_p,
+             y.to(out_ptr.dtype.element_ty), mask=m_out)
+
+
+@triton.jit
+def _sca_kernel(pool_ptr, w_ptr, bias_ptr, s_ptr, C, inv_hw,
+                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """s[b, m] = bias[m] + sum_k w[m, k] * pool[b, k] * inv_hw  (fp32; pool/s contiguous (B, C))."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < C
+    acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < C
+        pk = tl.load(pool_ptr + b * C + offs_k, mask=mask_k, other=0.0)
+        wt = tl.load(w_ptr + offs_m[:, None] * C + offs_k[None, :],
+                     mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(wt * pk[None, :], axis=1)
+    bias = tl.load(bias_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+    tl.store(s_ptr + b * C + offs_m, acc * inv_hw + bias, mask=mask_m)
+
+
+# --------------------------------------------------------------------------------------------
+# launch helpers
+# --------------------------------------------------------------------------------------------
+
+def _np2(n: int) -> int:
+    """Next power of two >= n (plain Python: triton's helpers are slow to call from the host)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a channels-last tensor that is not also NCHW-contiguous."""
+    return (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def bcp_strides(t: torch.Tensor):
+    """(batch, channel, pixel) strides of a 4-D tensor whose H, W flatten to one pixel axis."""
+    B, C, H, W = t.shape
+    sb, sc, sh, sw = t.stride()
+    if H > 1 and W > 1 and sh != W * sw:
+        raise ValueError("H and W of this tensor do not flatten; pass NCHW-contiguous or channels-last")
+    sp = sw if W > 1 else sh
+    return sb, sc, sp
+
+
+def as_flat_layout(x: torch.Tensor) -> torch.Tensor:
+    """x itself if NCHW-contiguous or channels-last, else an NCHW-contiguous copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def empty_like_layout(x: torch.Tensor, channels: int, dtype=None, poison: bool = False) -> torch.Tensor:
+    """A (B, channels, H, W) tensor in x's layout (channels-last if x is)."""
+    B, _, H, W = x.shape
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((B, channels, H, W), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+    if poison:
+        out.fill_(float("nan"))
+    return out
+
+
+def bc_vec(t: Optional[torch.Tensor], B: int, C: int, like: torch.Tensor):
+    """A per-sample channel vector as (tensor, batch stride, channel stride), without copying.
+
+    Accepts (B,C), (B,C,1,1), (1,C,1,1), (1,C) or (C,) in any float dtype (the kernels convert to
+    fp32); a batch of 1 broadcasts (batch stride 0).  None gives (like, 0, 0), a dummy.
+    """
+    if t is None:
+        return like, 0, 0
+    if t.device != like.device:
+        t = t.to(like.device)
+    if t.dim() == 1:
+        t = t.view(1, -1)
+    elif t.dim() > 2:
+        if any(d != 1 for d in t.shape[2:]):
+            raise ValueError(f"channel vector of shape {tuple(t.shape)} is not (B, C, 1, 1)")
+        t = t.flatten(1)
+    if t.shape[1] != C or t.shape[0] not in (1, B):
+        raise ValueError(f"channel vector of shape {tuple(t.shape)} does not fit (B={B}, C={C})")
+    return t, (t.stride(0) if t.shape[0] != 1 else 0), t.stride(1)
+
+
+def per_channel(t: Optional[torch.Tensor], C: int, like: torch.Tensor, dtype=None):
+    """A (C,)-like vector ((C,), (1,C,1,1), ...) as something the kernels can index 0..C-1: the
+    tensor itself when contiguous (kernels only use its data pointer), else a contiguous copy."""
+    if t is None:
+        return like
+    if t.device != like.device or (dtype is not None and t.dtype != dtype):
+        t = t.to(device=like.device, dtype=dtype or t.dtype)
+    if t.numel() != C:
+        raise ValueError(f"per-channel vector has {t.numel()} elements, expected {C}")
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def as_matrix(w: torch.Tensor, rows: int, like: torch.Tensor, cols: Optional[int] = None) -> torch.Tensor:
+    """A weight as a contiguous row-major (rows, cols) matrix in like's dtype/device; a contiguous
+    tensor of any shape with that many elements is passed through (no reshape, no copy)."""
+    if w.dtype != like.dtype or w.device != like.device:
+        w = w.to(device=like.device, dtype=like.dtype)
+    if cols is None:
+        cols = w.numel() // rows
+    if w.numel() != rows * cols or w.shape[0] != rows:
+        raise ValueError(f"weight of shape {tuple(w.shape)} is not ({rows}, {cols}, ...)")
+    return w if w.is_contiguous() else w.contiguous()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not INTERPRET and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee" if dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
+
+
+def _check_out(out, shape, like):
+    if out.shape != shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(f"out must be {tuple(shape)} {like.dtype} on {like.device}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
+
+
+# ---- launch configurations (heuristics; not autotuned, so no compile-time sweep) -------------
+
+def _ln_cfg(C, channel_contig):
+    if INTERPRET:
+        return dict(BLOCK_C=min(_np2(C), 64), BLOCK_P=64, num_warps=4)
+    if channel_contig:
+        bc = min(_np2(C), 64)
+        return dict(BLOCK_C=bc, BLOCK_P=max(2048 // bc, 16), num_warps=4)
+    return dict(BLOCK_C=min(_np2(C), 16), BLOCK_P=128, num_warps=4)
+
+
+def _dw_cfg(C, channel_contig):
+    if INTERPRET:
+        return dict(BLOCK_C=min(_np2(C), 32), BLOCK_P=128, num_warps=4)
+    if channel_contig:
+        bc = min(_np2(C), 64)
+        return dict(BLOCK_C=bc, BLOCK_P=max(2048 // bc, 16), num_warps=4)
+    return dict(BLOCK_C=min(_np2(C), 8), BLOCK_P=256, num_warps=4)
+
+
+def _gemm_cfg(Cin, Cout, dtype, gate):
+    if INTERPRET:
+        # exercise the K loop and the M/N tiling even at test sizes, with few programs
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=1)
+    bm_cap = 64 if gate else 128
+    bm = min(max(_np2(Cout), 16), bm_cap)
+    bk = min(max(_np2(Cin), 16), 32 if dtype == torch.float32 else 64)
+    bn = 128
+    warps = 8 if bm * bn * (2 if gate else 1) >= 128 * 128 else 4
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=3)
+
+
+# ---- public wrappers -------------------------------------------------------------------------
+
+def ln_modulate(x: torch.Tensor, g: torch.Tensor, scale: Optional[torch.Tensor] = None,
+                shift: Optional[torch.Tensor] = None, eps: Optional[float] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """LN(x; g) * (1 + scale) + shift for a (B, C, H, W) NCHW or channels-last x (see reference)."""
+    x = as_flat_layout(x)
+    B, C, H, W = x.shape
+    eps = ln_eps(x.dtype) if eps is None else eps
+    if out is None:
+        out = empty_like_layout(x, C)
+    _check_out(out, x.shape, x)
+    has_mod = scale is not None or shift is not None
+    zeros = torch.zeros((1, C), device=x.device) if has_mod and (scale is None or shift is None) else None
+    sc, ssc_b, ssc_c = bc_vec(scale if scale is not None else zeros, B, C, x)
+    sh, ssh_b, ssh_c = bc_vec(shift if shift is not None else zeros, B, C, x)
+    gg = per_channel(g, C, x)
+    sxb, sxc, sxp = bcp_strides(x)
+    sob, soc, sop = bcp_strides(out)
+    cfg = _ln_cfg(C, sxc == 1)
+    grid = (_cdiv(H * W, cfg["BLOCK_P"]), B)
+    _ln_modulate_kernel[grid](x, out, gg, sc, sh, C, H * W, sxb, sxc, sxp, sob, soc, sop,
+                              ssc_b, ssc_c, ssh_b, ssh_c, float(eps), HAS_MOD=has_mod, **cfg)
+    return out
+
+
+def dwconv_gate_pool(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                     out: Optional[torch.Tensor] = None, pool: Optional[torch.Tensor] = None):
+    """SimpleGate(dwconv3x3(u) + b) and the fp32 per-(b, c) sums of the result over H*W.
+
+    u: (B, 2c, H, W); w: (2c, 1, 3, 3) or (2c, 9); b: (2c,).  ``pool`` (B, c) fp32 is accumulated
+    into (pass a zeroed buffer, or None for a fresh one; pass ``pool=False`` to skip pooling).
+    Returns (out, pool).
+    """
+    u = as_flat_layout(u)
+    B, C2, H, W = u.shape
+    if C2 % 2:
+        raise ValueError("dwconv_gate_pool needs an even channel count")
+    C = C2 // 2
+    if out is None:
+        out = empty_like_layout(u, C)
+    _check_out(out, (B, C, H, W), u)
+    ww = as_matrix(w, C2, u, 9)
+    bb = per_channel(b, C2, u)
+    has_pool = pool is not False
+    if pool is None:
+        pool = torch.zeros((B, C), device=u.device, dtype=torch.float32)
+    if has_pool and (pool.shape != (B, C) or pool.dtype != torch.float32 or not pool.is_contiguous()):
+        raise ValueError("pool must be a contiguous (B, c) float32 tensor")
+    sub, suc, sup = bcp_strides(u)
+    sob, soc, sop = bcp_strides(out)
+    cfg = _dw_cfg(C, suc == 1)
+    grid = (_cdiv(H * W, cfg["BLOCK_P"]), _cdiv(C, cfg["BLOCK_C"]), B)
+    _dwconv_gate_pool_kernel[grid](u, ww, bb, out, pool if has_pool else u, C, H, W,
+                                   sub, suc, sup, sob, soc, sop, HAS_POOL=has_pool, **cfg)
+    return out, (pool if has_pool else None)
+
+
+def sca_vector(pool: torch.Tensor, hw: int, w: torch.Tensor, b: torch.Tensor,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """s = b + (pool / hw) @ w^T in fp32: the SCA 1x1 conv of the global mean, from the pooled sums.
+    pool: (B, C) fp32 contiguous; w: (C, C[,1,1]); b: (C,).  Returns (B, C) fp32."""
+    B, C = pool.shape
+    if out is None:
+        out = torch.empty((B, C), device=pool.device, dtype=torch.float32)
+    ww = w if w.is_contiguous() else w.contiguous()
+    if ww.numel() != C * C:
+        raise ValueError(f"SCA weight of shape {tuple(w.shape)} is not ({C}, {C}[, 1, 1])")
+    bb = per_channel(b, C, pool)
+    bm = min(_np2(C), 64)
+    bk = min(_np2(C), 64)
+    _sca_kernel[(_cdiv(C, bm), B)](pool, ww, bb, out, C, 1.0 / hw, BLOCK_M=bm, BLOCK_K=bk, num_warps=4)
+    return out
+
+
+def conv1x1_fused(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
+                  ln: Optional[Sequence] = None, eps: Optional[float] = None,
+                  in_scale: Optional[torch.Tensor] = None, gate: bool = False,
+                  cam: Optional[Sequence] = None, residual: Optional[torch.Tensor] = None,
+                  coef: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused 1x1 conv; semantics of :func:`reference.reference_conv1x1` (same arguments).
+
+    x: (B, Cin, H, W) NCHW or channels-last; w: (Cout_total, Cin[,1,1]) with Cout_total = 2*Cout when
+    ``gate``; ln = (g, scale, shift) with scale/shift (B, Cin)-like or None; in_scale (B, Cin)-like
+    (any float dtype, applied in fp32); cam = (cam_scale, cam_shift), (B, Cout)-like; residual
+    (B, Cout, H, W); coef (Cout,)-like.  The output takes x's layout and dtype.  Per-sample vectors
+    are read through their strides (the network's chunk views need no copy).
+    """
+    x = as_flat_layout(x)
+    B, Cin, H, W = x.shape
+    dt = x.dtype
+    Ct = w.shape[0]
+    w2 = as_matrix(w, Ct, x, Cin)
+    if gate and Ct % 2:
+        raise ValueError("gate needs an even number of output channels")
+    Cout = Ct // 2 if gate else Ct
+    bb = per_channel(b, Ct, x)
+    if out is None:
+        out = empty_like_layout(x, Cout)
+    _check_out(out, (B, Cout, H, W), x)
+    eps = ln_eps(dt) if eps is None else eps
+    dummy = x
+    g = dummy
+    sc, sms_b, sms_c = sh, smh_b, smh_c = dummy, 0, 0
+    has_ln = ln is not None
+    ln_mod = False
+    if has_ln:
+        g_, sc_, sh_ = ln
+        g = per_channel(g_, Cin, x)
+        ln_mod = sc_ is not None or sh_ is not None
+        if ln_mod:
+            zeros = torch.zeros((1, Cin), device=x.device) if sc_ is None or sh_ is None else None
+            sc, sms_b, sms_c = bc_vec(sc_ if sc_ is not None else zeros, B, Cin, x)
+            sh, smh_b, smh_c = bc_vec(sh_ if sh_ is not None else zeros, B, Cin, x)
+    s, sis_b, sis_c = bc_vec(in_scale, B, Cin, x)
+    cs, scs_b, scs_c = csh, sch_b, sch_c = dummy, 0, 0
+    if cam is not None:
+        cam_scale, cam_shift = cam
+        cs, scs_b, scs_c = bc_vec(cam_scale, B, Cout, x)
+        csh, sch_b, sch_c = bc_vec(cam_shift, B, Cout, x)
+    res = dummy
+    srb = src = srp = 0
+    if residual is not None:
+        if tuple(residual.shape) != (B, Cout, H, W):
+            raise ValueError(f"residual must be {(B, Cout, H, W)}, got {tuple(residual.shape)}")
+        res = as_flat_layout(residual if residual.device == x.device else residual.to(x.device))
+        srb, src, srp = bcp_strides(res)
+    cf = per_channel(coef, Cout, x) if coef is not None else dummy
+    sxb, sxc, sxp = bcp_strides(x)
+    sob, soc, sop = bcp_strides(out)
+    cfg = _gemm_cfg(Cin, Cout, dt, gate)
+    P = H * W
+    grid = (_cdiv(Cout, cfg["BLOCK_M"]) * _cdiv(P, cfg["BLOCK_N"]) * B,)
+    _conv1x1_kernel[grid](x, w2, bb, out, g, sc, sh, s, cs, csh, res, cf,
+                          Cin, Cout, P, sxb, sxc, sxp, sob, soc, sop, srb, src, srp,
+                          sms_b, sms_c, smh_b, smh_c, sis_b, sis_c, scs_b, scs_c, sch_b, sch_c,
+                          float(eps),
+                          LN=has_ln, LN_MOD=ln_mod, IN_SCALE=in_scale is not None, GATE=bool(gate),
+                          CAM=cam is not None, RESIDUAL=residual is not None,
+                          HAS_COEF=coef is not None, PREC=dot_precision(dt), **cfg)
+    return out

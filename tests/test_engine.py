@@ -1,0 +1,140 @@
+"""The tiled engine: tile grids, exact tiled compressor, position-keyed noise, tiled = whole."""
+import numpy as np
+import pytest
+import torch
+
+from tilediff import engine
+from tilediff.noise import PositionalNoise, region_noise
+from tilediff.restorer import Restorer
+from tilediff.tiled_compressor import TiledCompressor
+from tilediff.tiling import Tile, blend_window, grid, partition, tile_starts
+from tilediff.weights import convert
+
+
+# ---- tile grids -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length, tile, overlap", [(100, 32, 8), (517, 64, 16), (64, 64, 8), (65, 64, 8),
+                                                   (1000, 96, 0), (20, 64, 8)])
+def test_tiles_cover_evenly_without_slivers(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + size == length
+    gaps = np.diff(starts)
+    assert all(g <= size - min(overlap, size - 1) for g in gaps)  # at least the asked overlap
+    if len(gaps) > 1:
+        assert gaps.max() - gaps.min() <= 1                         # spread evenly
+
+
+def test_aligned_starts_are_multiples():
+    starts = tile_starts(160, 48, 12, align=16)
+    assert all(s % 16 == 0 for s in starts) and starts[-1] == 112
+
+
+def test_blend_weights_are_positive_and_ramp_only_inside():
+    tiles = grid(50, 70, 32, 8)
+    weight_sum = torch.zeros(50, 70)
+    for t in tiles:
+        win = blend_window(t, tiles, 50, 70)
+        assert win.shape == t.shape and (win > 0).all() and win.max() <= 1
+        weight_sum[t.slices] += win
+    assert (weight_sum > 0.99).all()
+    corner = blend_window(tiles[0], tiles, 50, 70)
+    assert corner[0, 0] == 1  # no ramp at the canvas edge
+
+
+def test_partition_covers_exactly_once():
+    count = torch.zeros(37, 23)
+    for t in partition(37, 23, 8):
+        count[t.slices] += 1
+    assert (count == 1).all()
+
+
+# ---- position-keyed noise ----------------------------------------------------------------------
+
+def test_region_noise_equals_the_same_region_of_the_whole_canvas():
+    whole = region_noise(7, 3, 4, 0, 150, 0, 200)
+    part = region_noise(7, 3, 4, 37, 101, 63, 190)
+    assert torch.equal(part, whole[:, 37:101, 63:190])
+    assert not torch.equal(region_noise(7, 4, 4, 0, 150, 0, 200), whole)   # another step
+    assert not torch.equal(region_noise(8, 3, 4, 0, 150, 0, 200), whole)   # another seed
+    assert abs(whole.mean().item()) < 0.01 and abs(whole.std().item() - 1) < 0.01
+
+
+def test_positional_noise_source_is_deterministic():
+    like = torch.empty(1, 8, 40, 70)
+    assert torch.equal(PositionalNoise(3)(5, like), PositionalNoise(3)(5, like))
+
+
+# ---- tiled compressor is exact --------------------------------------------------------------
+
+@pytest.mark.parametrize("size, tile, keep", [
+    ((90, 123), 5, False), ((90, 123), 64, True), ((37, 61), 2, True), ((37, 61), 3, False),
+    ((7, 7), 1, True), ((1, 40), 2, False), ((45, 9), 1, False)])
+def test_tiled_compressor_equals_whole(golden_net, size, tile, keep):
+    net = golden_net("unet_dehaze")
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+    with torch.no_grad():
+        latent, hidden = net.encode(image)
+        other = latent + 0.3 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
+        ref = net.decode(other, hidden)
+        tiled = TiledCompressor(net, torch.device("cpu"), tile=tile, keep_skips=keep)
+        canvas = tiled.encode(image)
+        out = tiled.decode(other, canvas, image)
+    assert out.shape == ref.shape == (1, 3, *size)
+    assert (canvas.latent - latent).abs().max() < 1e-5
+    assert (out - ref).abs().max() < 1e-5
+
+
+# ---- whole = tiled for the full restoration ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def zero_noise_restorer(golden_dir, tmp_path_factory):
+    """golden nafnet_latent_small with its ending conv zeroed (ε ≡ 0), paired with unet_dehaze."""
+    path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
+                   output=tmp_path_factory.mktemp("m") / "zero.safetensors")
+    r = Restorer("dehaze", weights=path)
+    r.model.noise.ending.weight.data.zero_()
+    r.model.noise.ending.bias.data.zero_()
+    return r
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_tiled_restoration_equals_whole_with_a_zero_noise_model(zero_noise_restorer, sampler):
+    image = np.random.default_rng(0).random((389, 517, 3)).astype(np.float32)
+    whole = zero_noise_restorer.restore(image, steps=2, sampler=sampler, seed=3, mode="whole")
+    for tile, overlap in [(16, 4), (24, 10)]:
+        stats = {}
+        tiled = zero_noise_restorer.restore(image, steps=2, sampler=sampler, seed=3, mode="tiled", tile=tile,
+                                            overlap=overlap, stats=stats)
+        assert stats["plan"].noise_mode == "tiled" and stats["plan"].compressor_mode == "tiled"
+        assert np.abs(whole - tiled).max() <= 1e-4, (tile, overlap)
+
+
+def test_plan_and_progress_are_reported(zero_noise_restorer):
+    events = []
+    stats = {}
+    image = np.random.default_rng(1).random((100, 140, 3)).astype(np.float32)
+    zero_noise_restorer.restore(image, steps=3, mode="tiled", tile=16, overlap=4, stats=stats,
+                                progress=lambda stage, done, total: events.append((stage, done, total)))
+    plan = stats["plan"]
+    text = plan.describe()
+    assert "encode:" in text and "sample:" in text and "expected peak memory" in text
+    stages = {e[0] for e in events}
+    assert {"encode", "sample", "decode"} <= stages
+    sample_events = [e for e in events if e[0] == "sample"]
+    assert sample_events[-1][1] == sample_events[-1][2]  # reaches its total
+
+
+def test_small_budget_picks_tiles_and_recomputed_skips(zero_noise_restorer):
+    model = zero_noise_restorer.model
+    big = engine.make_plan(model, (4000, 6000), 3, engine.Options(memory_budget=4 << 30), torch.device("cpu"))
+    assert big.compressor_mode == "tiled" and big.skips in ("fp16", "recompute")
+    assert big.expected_peak <= 4 << 30
+    tiny = engine.make_plan(model, (4000, 6000), 3, engine.Options(memory_budget=1 << 30), torch.device("cpu"))
+    assert tiny.skips == "recompute"
+
+
+def test_tiny_images_restore(zero_noise_restorer):
+    for shape in [(1, 37, 3), (7, 7, 3), (1, 1, 3)]:
+        out = zero_noise_restorer.restore(np.full(shape, 0.5, np.float32), steps=1)
+        assert out.shape == shape and np.isfinite(out).all()
