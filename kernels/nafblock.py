@@ -248,7 +248,6 @@ def fused_nafblock_forward(x: torch.Tensor, params, mods, cam: CamArg = None, *,
     if tk is None:
         raise RuntimeError(f"triton kernels unavailable: {_TK_ERROR!r}")
     x = tk.as_flat_layout(x)
-    dt = x.dtype
     B, c, H, W = x.shape
     poison = POISON_INTERMEDIATES
     separate_ln = os.environ.get("TILEDIFF_KERNELS_LN", "").strip().lower() == "separate"

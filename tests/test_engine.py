@@ -7,7 +7,7 @@ from tilediff import engine
 from tilediff.noise import PositionalNoise, region_noise
 from tilediff.restorer import Restorer
 from tilediff.tiled_compressor import TiledCompressor
-from tilediff.tiling import Tile, blend_window, grid, partition, tile_starts
+from tilediff.tiling import blend_window, grid, partition, tile_starts
 from tilediff.weights import convert
 
 
@@ -138,3 +138,32 @@ def test_tiny_images_restore(zero_noise_restorer):
     for shape in [(1, 37, 3), (7, 7, 3), (1, 1, 3)]:
         out = zero_noise_restorer.restore(np.full(shape, 0.5, np.float32), steps=1)
         assert out.shape == shape and np.isfinite(out).all()
+
+
+def test_out_of_memory_halves_the_tiles_and_retries(zero_noise_restorer, monkeypatch):
+    """A CUDA out-of-memory error in the noise network or the compressor halves that stage's tile."""
+    model = zero_noise_restorer.model
+    noise_forward = model.noise.forward
+    decoder_conv = model.compressor.final_conv.forward
+
+    def small_noise_only(x, *args, **kwargs):
+        if x.shape[-1] > 24:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return noise_forward(x, *args, **kwargs)
+
+    def small_decode_only(x):
+        if x.shape[-1] > 200:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decoder_conv(x)
+
+    monkeypatch.setattr(model.noise, "forward", small_noise_only)
+    monkeypatch.setattr(model.compressor.final_conv, "forward", small_decode_only)
+    image = np.random.default_rng(2).random((200, 300, 3)).astype(np.float32)
+    stats = {}
+    out = zero_noise_restorer.restore(image, steps=2, sampler="ode", stats=stats)
+    monkeypatch.undo()
+    plan = stats["plan"]
+    assert plan.noise_mode == "tiled" and plan.noise_tile <= 24
+    assert plan.compressor_tile * 8 <= 200
+    whole = zero_noise_restorer.restore(image, steps=2, sampler="ode", mode="whole")
+    assert np.abs(out - whole).max() <= 1e-4   # still exact: the zero-noise model makes tiling invisible

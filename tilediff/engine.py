@@ -10,7 +10,6 @@
 The noise network's SCA pools globally, so whole-latent evaluation is exact and tiled evaluation an
 approximation; 'auto' uses the whole latent whenever it fits.
 """
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -80,7 +79,9 @@ class Plan:
         else:
             lines.append(f"sample: {self.noise_tiles} tiles of {self.noise_tile} with overlap {self.noise_overlap}, "
                          f"batch {self.noise_batch} ({-(-self.noise_tiles // self.noise_batch)} calls per step)")
-        lines.append(f"expected peak memory {self.expected_peak / GB:.2f} GB of a {self.budget / GB:.2f} GB budget")
+        lines.append(f"expected peak memory {self.expected_peak / GB:.2f} GB of a {self.budget / GB:.2f} GB budget"
+                     + (" (over budget: the image and output canvases alone need more)"
+                        if self.expected_peak > self.budget else ""))
         return "\n".join(lines)
 
     def _skips_text(self):
@@ -105,9 +106,17 @@ def available_memory(device):
     return 8 * GB
 
 
+COMPRESSOR_TILES = (128, 96, 64, 48, 32, 24, 16)     # candidate compressor tiles (latent units), largest first
+NOISE_TILES = (512, 384, 256, 192, 128, 96, 64)  # candidate noise-network tiles, largest first
+HOST_BASELINE = 400 << 20     # the interpreter, torch and the model code, resident before any tensor
+CPU_DEFAULT_CAP = 4 << 30     # default CPU budget at most this: lean by default, --memory-budget for more
+
+
 def default_budget(device):
-    """Most of the free device memory; on CPU, 60 % of the available host memory."""
-    return int(available_memory(device) * (0.85 if device.type == "cuda" else 0.6))
+    """Most of the free device memory; on CPU, half the available host memory, at most 4 GiB."""
+    if device.type == "cuda":
+        return int(available_memory(device) * 0.85)
+    return int(min(available_memory(device) * 0.5, CPU_DEFAULT_CAP))
 
 
 def noise_bytes(net, h, w, batch, itemsize):
@@ -162,67 +171,67 @@ def make_plan(model, image_hw, channels, options, device):
         cc = comp.latent_conv.out_channels
     else:
         ch, cw, cc = h, w, channels
-    host_fixed = 4 * (2 * channels * h * w + 6 * cc * ch * cw)   # image, output, canvases (fp32)
+    host_fixed = 4 * (2 * channels * h * w + 6 * cc * ch * cw) + HOST_BASELINE  # image, output, canvases
+    if comp is not None:   # deepest-level canvases of the tiled compressor (two at a time, fp32)
+        host_fixed += 4 * 2 * comp.decoder[0][0].block1.proj.out_channels * ch * cw
     on_host = device.type == "cpu"
     fixed = host_fixed + weight_bytes if on_host else weight_bytes
 
-    compressor_mode, skips, ctile, enc_tiles, dec_tiles, comp_peak = "none", "whole", 0, 0, 0, 0
-    if comp is not None:
-        if options.mode == "whole":
-            compressor_mode, skips = "whole", "whole"
-            comp_peak = int(skip_elements(comp, h, w) * 4 * 2.5)
-            ctile = max(ch, cw)
-        else:
-            compressor_mode = "tiled"
-            n_skip = skip_elements(comp, h, w)
-            skip_host = {"fp32": 4 * n_skip, "fp16": 2 * n_skip, "recompute": 0}
-            ctile = options.compressor_tile
-            for mode_name in ("fp32", "fp16", "recompute"):
-                host_need = skip_host[mode_name] + (host_fixed if not on_host else 0)
-                room = budget - fixed - (skip_host[mode_name] if on_host else 0)
-                if not on_host and host_need > available_memory(torch.device("cpu")) * 0.8:
-                    continue
-                candidates = [ctile] if ctile else [64, 48, 32, 24, 16, 12, 8, 6, 4, 2, 1]
-                fits = [t for t in candidates if compressor_tile_bytes(comp, t, mode_name == "recompute", itemsize) <= room]
-                if fits:
-                    skips, ctile = mode_name, fits[0]
-                    break
-            else:
-                skips = "recompute"
-                ctile = ctile or 1
-            ctile = min(ctile, max(ch, cw))
-            enc_tiles = -(-ch // ctile) * -(-cw // ctile)
-            dec_tiles = enc_tiles
-            comp_peak = (skip_host[skips] if on_host else 0) + compressor_tile_bytes(comp, ctile, skips == "recompute", itemsize)
-
-    room = budget - fixed - (comp_peak if compressor_mode == "tiled" and on_host and skips != "recompute" else 0)
-    whole_bytes = noise_bytes(model.noise, ch, cw, 1, itemsize)
+    room = budget - fixed
+    whole_noise = noise_bytes(model.noise, ch, cw, 1, itemsize)
     force_tiles = options.mode == "tiled" or options.tile is not None
-    if options.mode == "whole" or (not force_tiles and whole_bytes <= room):
+    want_whole_noise = options.mode == "whole" or not force_tiles
+
+    # compressor: the kept skips stay resident through sampling, so they are chosen together with
+    # the noise network's need: fp32 skips, then fp16, then recomputation; the largest tile that fits.
+    compressor_mode, skips, ctile, comp_tiles, resident_skips, comp_peak = "none", "whole", 0, 0, 0, 0
+    if comp is not None and options.mode == "whole":
+        compressor_mode, ctile = "whole", max(ch, cw)
+        comp_peak = int(skip_elements(comp, h, w) * 4 * 2.5)
+    elif comp is not None:
+        compressor_mode = "tiled"
+        n_skip = skip_elements(comp, h, w)
+        host_room = available_memory(torch.device("cpu")) * 0.8 - (0 if on_host else host_fixed)
+        choice = None
+        for noise_whole in ((True, False) if want_whole_noise else (False,)):
+            for kind, per in (("fp32", 4), ("fp16", 2), ("recompute", 0)):
+                kept = per * n_skip
+                if kept > host_room:
+                    continue
+                left = room - (kept if on_host else 0)
+                if noise_whole and whole_noise > left:
+                    continue
+                for t in ([options.compressor_tile] if options.compressor_tile else COMPRESSOR_TILES):
+                    if compressor_tile_bytes(comp, t, kind == "recompute", itemsize) <= left:
+                        choice = (kind, t, kept if on_host else 0)
+                        break
+                if choice:
+                    break
+            if choice:
+                break
+        skips, ctile, resident_skips = choice or ("recompute", options.compressor_tile or COMPRESSOR_TILES[-1], 0)
+        ctile = min(ctile, max(ch, cw))
+        comp_tiles = -(-ch // ctile) * -(-cw // ctile)
+        comp_peak = resident_skips + compressor_tile_bytes(comp, ctile, skips == "recompute", itemsize)
+
+    room_noise = room - resident_skips
+    if options.mode == "whole" or (not force_tiles and whole_noise <= room_noise):
         noise_mode, ntile, overlap, batch, ntiles = "whole", max(ch, cw), 0, 1, 1
-        noise_peak = whole_bytes
+        noise_peak = whole_noise
     else:
         noise_mode = "tiled"
-        align = model.noise.padder_size
-        if options.tile:
-            ntile = options.tile
-        else:
-            ntile = align
-            for t in (512, 384, 256, 192, 128, 96, 64, 48, 32, 16):
-                if t >= align and noise_bytes(model.noise, t, t, 1, itemsize) <= room:
-                    ntile = t
-                    break
+        ntile = options.tile or next((t for t in NOISE_TILES if noise_bytes(model.noise, t, t, 1, itemsize) <= room_noise),
+                                     NOISE_TILES[-1])
         overlap = options.overlap if options.overlap is not None else max(ntile // 4, 1)
         if overlap >= ntile:
             raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({ntile})")
         tiles = grid(ch, cw, ntile, overlap)
         ntiles = len(tiles)
-        th, tw = tiles[0].shape
-        per_tile = noise_bytes(model.noise, th, tw, 1, itemsize)
-        batch = options.batch or max(1, min(16, ntiles, room // max(per_tile, 1)))
-        noise_peak = per_tile * batch
+        per_tile = noise_bytes(model.noise, *tiles[0].shape, 1, itemsize)
+        batch = options.batch or max(1, min(16, ntiles, room_noise // max(per_tile, 1)))
+        noise_peak = resident_skips + per_tile * batch
     expected = fixed + max(comp_peak, noise_peak)
-    return Plan((h, w), (ch, cw), cc, comp is not None, compressor_mode, ctile, skips, enc_tiles, dec_tiles,
+    return Plan((h, w), (ch, cw), cc, comp is not None, compressor_mode, ctile, skips, comp_tiles, comp_tiles,
                 noise_mode, ntile, overlap, batch, ntiles, sch_T, budget, int(expected))
 
 
@@ -296,13 +305,11 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
     plan = make_plan(model, (h, w), channels, options, device)
     options.stats["plan"] = plan
     model.to(device=device, dtype=dtype)
-    sch = schedule_for(model, options.steps)
-    noise = PositionalNoise(options.seed)
     report = options.progress or (lambda *a: None)
     timings = options.stats.setdefault("seconds", {})
     with torch.no_grad():
         start = time.perf_counter()
-        canvas = tiled = None
+        tiled = canvas = hidden = None
         if model.compressor is None:
             mu = x.float()
         elif plan.compressor_mode == "whole":
@@ -317,20 +324,7 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
         timings["encode"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        state = sde.start_state(sch, mu, noise(START_STEP, mu))
-        if plan.noise_mode == "whole":
-            noise_fn = whole_noise_fn(model.noise, mu, device, dtype, lens)
-            total = sch.T
-            callback = lambda i, t: report("sample", i + 1, total)  # noqa: E731
-        else:
-            n_calls = -(-plan.noise_tiles // plan.noise_batch)
-            total = sch.T * n_calls
-            step_index = [0]
-            noise_fn = tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap,
-                                      plan.noise_batch, lens,
-                                      report=lambda g, n: report("sample", step_index[0] * n + g, total))
-            callback = lambda i, t: step_index.__setitem__(0, i + 1)  # noqa: E731
-        state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
+        state = _sample_stage(model, mu, plan, options, device, dtype, lens, report)
         timings["sample"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -347,6 +341,44 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
     return out.clamp_(0, 1)
 
 
+def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
+    """x_T = μ + λz, then the reverse sampler over the whole canvas; ε from the whole or tiled network.
+
+    On a CUDA out-of-memory error the noise tile is halved (whole → tiled first) and the step redone.
+    """
+    sch = schedule_for(model, options.steps)
+    noise = PositionalNoise(options.seed)
+    step_index = [0]
+
+    def make_noise_fn():
+        if plan.noise_mode == "whole":
+            return whole_noise_fn(model.noise, mu, device, dtype, lens)
+        calls = -(-plan.noise_tiles // plan.noise_batch)
+        return tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap, plan.noise_batch,
+                              lens, report=lambda g, n: report("sample", step_index[0] * calls + g, sch.T * calls))
+
+    current = [make_noise_fn()]
+
+    def noise_fn(x_t, t):
+        while True:
+            try:
+                return current[0](x_t, t)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+                if not _is_oom(err) or (plan.noise_mode == "tiled" and plan.noise_tile <= 16):
+                    raise
+                torch.cuda.empty_cache()
+                _halve_noise_tiles(plan)
+                current[0] = make_noise_fn()
+
+    def callback(i, t):
+        step_index[0] = i + 1
+        if plan.noise_mode == "whole":
+            report("sample", i + 1, sch.T)
+
+    state = sde.start_state(sch, mu, noise(START_STEP, mu))
+    return sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
+
+
 def _tiled_encode(model, x, device, dtype, plan, tile, report):
     tiled = TiledCompressor(model.compressor, device, dtype, tile=tile, keep_skips=plan.skips != "recompute",
                             skip_dtype=torch.float16 if plan.skips == "fp16" else torch.float32,
@@ -357,6 +389,15 @@ def _tiled_encode(model, x, device, dtype, plan, tile, report):
 def _tiled_decode(tiled, tile, state, canvas, image):
     tiled.tile = tile
     return tiled.decode(state, canvas, image)
+
+
+def _halve_noise_tiles(plan):
+    """Switch whole → tiled or halve the noise tile (after an out-of-memory error)."""
+    plan.noise_tile = max(16, (max(plan.canvas_hw) if plan.noise_mode == "whole" else plan.noise_tile) // 2)
+    plan.noise_mode = "tiled"
+    plan.noise_overlap = min(plan.noise_overlap or plan.noise_tile // 4, plan.noise_tile // 2)
+    plan.noise_tiles = len(grid(plan.canvas_hw[0], plan.canvas_hw[1], plan.noise_tile, plan.noise_overlap))
+    plan.noise_batch = 1
 
 
 def _retry_on_oom(run, tile, plan, field_name):

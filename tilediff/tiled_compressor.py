@@ -151,7 +151,7 @@ class TiledCompressor:
             self._report(stage, len(tiles) + i + 1, 2 * len(tiles))
         return out
 
-    def _local_at_deepest(self, fn, inputs, out_channels, halo, stage):
+    def _local_at_deepest(self, fn, inputs, halo, stage):
         """Apply a local function of deepest-level canvases over tiles with a halo."""
         h, w = inputs[0].shape[-2:]
         out = None
@@ -178,7 +178,24 @@ class TiledCompressor:
         keep = [self.keep_skips or self._level_of(i) == self.depth - 1 for i in range(n_hidden)]
         skips = [torch.empty(s, dtype=self.skip_dtype if k else torch.float32) if k else None
                  for s, k in zip(shapes, keep)]
-        deepest_pre_attention = torch.empty(1, shapes[-1][1], dh, dw)
+        if self.keep_skips:
+            deepest_pre_attention = self._encode_level_by_level(image, canvas, skips)
+        else:
+            deepest_pre_attention = self._encode_fused(image, canvas, skips)
+        last = self.net.encoder[-1]
+        deepest = self._attention(last[2], deepest_pre_attention, "encode-attention")
+        del deepest_pre_attention
+        skips[-1] = deepest.to(skips[-1].dtype)
+        canvas.latent = self._local_at_deepest(lambda x: self.net.latent_conv(last[3](x)), [deepest],
+                                               2, "encode-latent")
+        canvas.skips = skips
+        return canvas
+
+    def _encode_fused(self, image, canvas, skips):
+        """All local encoder levels in one pass per tile (one large halo); keeps only what ``skips``
+        has room for. Used when the skips are recomputed, since it needs no intermediate canvas."""
+        dh, dw = self._deep_hw(canvas)
+        deepest_pre_attention = None
         tiles = partition(dh, dw, self.tile)
         for i, core in enumerate(tiles):
             region = core.grow(self.enc_halo, dh, dw)
@@ -188,17 +205,54 @@ class TiledCompressor:
                     level = self._level_of(j)
                     ys, xs = core.scaled(self._level_scale(level)).slices
                     skips[j][:, :, ys, xs] = self._host(self._crop(tensor, level, core, region), skips[j].dtype)
+            if deepest_pre_attention is None:
+                deepest_pre_attention = torch.empty(1, hidden[-1].shape[1], dh, dw)
             deepest_pre_attention[..., core.y0:core.y1, core.x0:core.x1] = \
                 self._host(self._crop(hidden[-1], self.depth - 1, core, region))
             self._report("encode", i + 1, len(tiles))
-        last = self.net.encoder[-1]
-        deepest = self._attention(last[2], deepest_pre_attention, "encode-attention")
-        del deepest_pre_attention
-        skips[-1] = deepest.to(skips[-1].dtype)
-        canvas.latent = self._local_at_deepest(lambda x: self.net.latent_conv(last[3](x)), [deepest],
-                                               None, 2, "encode-latent")
-        canvas.skips = skips
-        return canvas
+        return deepest_pre_attention
+
+    def _encode_level_by_level(self, image, canvas, skips):
+        """One pass per level with that level's own small halo, writing the skips and the next
+        level's input canvas (the DESIGN's 'halo per level'); faster than the fused pass when the
+        skips are kept anyway, for one extra transient canvas per level."""
+        dh, dw = self._deep_hw(canvas)
+        tiles = partition(dh, dw, self.tile)
+        total = len(tiles) * self.depth
+        level_input = None
+        for level, (block1, block2, _, down) in enumerate(self.net.encoder):
+            scale = self._level_scale(level)
+            last = level == self.depth - 1
+            halo_px = (1 if level == 0 else 0) + 4 + (0 if last else 2) + 1
+            halo = -(-halo_px // scale)
+            out = None
+            for i, core in enumerate(tiles):
+                region = core.grow(halo, dh, dw)
+                if level == 0:
+                    x = self.net.init_conv(self._dev(padded_region(image, region.scaled(self.unit), canvas.padded_hw)))
+                    skips[0][(slice(None), slice(None)) + core.scaled(scale).slices] = \
+                        self._host(self._crop(x, 0, core, region), skips[0].dtype)
+                else:
+                    r = region.scaled(scale)
+                    x = self._dev(level_input[:, :, r.y0:r.y1, r.x0:r.x1])
+                x = block1(x)
+                skips[2 * level + 1][(slice(None), slice(None)) + core.scaled(scale).slices] = \
+                    self._host(self._crop(x, level, core, region), skips[2 * level + 1].dtype)
+                x = block2(x)
+                if last:
+                    y, y_level = x, level
+                else:
+                    skips[2 * level + 2][(slice(None), slice(None)) + core.scaled(scale).slices] = \
+                        self._host(self._crop(x, level, core, region), skips[2 * level + 2].dtype)
+                    y, y_level = down(x), level + 1
+                if out is None:
+                    s2 = self._level_scale(y_level)
+                    out = torch.empty(1, y.shape[1], dh * s2, dw * s2)
+                out[(slice(None), slice(None)) + core.scaled(self._level_scale(y_level)).slices] = \
+                    self._host(self._crop(y, y_level, core, region))
+                self._report("encode", level * len(tiles) + i + 1, total)
+            level_input = out
+        return level_input
 
     def _hidden_shapes(self, canvas):
         hp, wp = canvas.padded_hw
@@ -220,12 +274,10 @@ class TiledCompressor:
         first = self.net.decoder[0]
         deep_a = self._local_at_deepest(
             lambda z, s1, s2: first[1](torch.cat([first[0](torch.cat([self.net.post_latent_conv(z), s1], 1)), s2], 1)),
-            [latent, skips[-1], skips[-2]], None, 4, "decode-deep")
-        deep_b = self._attention(first[2], deep_a, "decode-attention") if not isinstance(first[2], torch.nn.Identity) \
-            else deep_a
+            [latent, skips[-1], skips[-2]], 4, "decode-deep")
+        deep_b = self._attention(first[2], deep_a, "decode-attention")
         del deep_a
         dh, dw = deep_b.shape[-2:]
-        hp, wp = canvas.padded_hw
         out = torch.empty(1, self.net.final_conv.out_channels, *canvas.image_hw)
         tiles = partition(dh, dw, self.tile)
         for i, core in enumerate(tiles):
