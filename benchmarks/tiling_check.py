@@ -46,7 +46,7 @@ def test_image(h, w, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.stack([0.5 + 0.4 * np.sin(xx / (23 + 7 * c) + yy / (31 + 5 * c) + rng.uniform(0, 6)) for c in range(3)], -1)
-    img[(xx // 40 + yy // 40) % 2 == 0] *= 0.7
+    img[((xx + 11) // 37 + (yy + 5) // 37) % 2 == 0] *= 0.7   # period not aligned to the tile grid
     return np.clip(img, 0, 1).astype(np.float32)
 
 
@@ -75,6 +75,7 @@ def seams(args):
     cols = torch.arange(1, w)
     at_border = torch.tensor([c in borders for c in cols.tolist()])
     ref_diff = (whole[0, :, :, 1:] - whole[0, :, :, :-1]).abs().mean(dim=(0, 1))
+    dev = (tiled - whole)[0].abs().mean(dim=(0, 1))[1:]   # |tiled − whole| per column (right of the pair)
     result = {
         "size": f"{w}x{h}", "noise_tile": plan.noise_tile, "overlap": plan.noise_overlap, "tiles": plan.noise_tiles,
         "steps": args.steps, "sampler": args.sampler,
@@ -85,6 +86,8 @@ def seams(args):
         "adjacent_diff_elsewhere": round(diff[~at_border].mean().item(), 6),
         "seam_ratio": round((diff[at_border].mean() / diff[~at_border].mean()).item(), 4),
         "same_ratio_in_whole_output": round((ref_diff[at_border].mean() / ref_diff[~at_border].mean()).item(), 4),
+        "deviation_at_borders": round(dev[at_border].mean().item(), 7),
+        "deviation_elsewhere": round(dev[~at_border].mean().item(), 7),
     }
     print(json.dumps(result, indent=1))
 

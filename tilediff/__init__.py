@@ -2,5 +2,6 @@
 __version__ = "0.1.0"
 
 from .restorer import Restorer  # noqa: E402
+from .batch import restore_folder  # noqa: E402
 
-__all__ = ["Restorer", "__version__"]
+__all__ = ["Restorer", "restore_folder", "__version__"]

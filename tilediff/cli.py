@@ -1,12 +1,11 @@
 """The ``tilediff`` command line (click)."""
-import json
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .sde import SAMPLERS
 from .tasks import TASKS
 
 
@@ -21,7 +20,18 @@ def _fail(message):
     raise CliError(str(message).splitlines()[0] if str(message) else "failed")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; an interrupt (Ctrl-C) ends any command with one line and exit status 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ntilediff: interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tilediff")
 def main():
     """tilediff: tiled large-image restoration with Refusion (latent IR-SDE)."""
@@ -93,15 +103,88 @@ def _progress_printer(quiet):
     return progress, close
 
 
+def _compression_value(text):
+    """--compression as given: digits are a PNG zlib level (0-9), a name a TIFF codec."""
+    if text is None:
+        return None
+    value = text.strip()
+    if value.isdigit():
+        if int(value) > 9:
+            _fail(f"--compression {text}: a PNG zlib level is 0-9 (TIFF takes a codec name: zlib, lzw, zstd, none)")
+        return int(value)
+    import tifffile
+    if value.lower() not in ("zlib", "deflate", "none"):
+        try:
+            tifffile.COMPRESSION[value.upper()]
+        except KeyError:
+            _fail(f"--compression {text}: not a PNG level (0-9) nor a TIFF codec name (zlib, lzw, zstd, none, ...)")
+    return value
+
+
+def _header_size(path):
+    """(height, width) from the file header only (no pixel decoding); raises ImageReadError."""
+    from PIL import Image
+    import tifffile
+    from .io import ImageReadError
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise ImageReadError(path, "is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except ImageReadError:
+        raise
+    except OSError as e:
+        raise ImageReadError(path, f"cannot open ({e.strerror or e})") from e
+    try:
+        if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                return int(page.imagelength), int(page.imagewidth)
+        with Image.open(path) as im:
+            if im.format not in ("PNG", "JPEG"):
+                raise ValueError(f"{im.format} is not supported (TIFF, PNG, JPEG)")
+            w, h = im.size
+            if im.getexif().get(274, 1) in (5, 6, 7, 8):    # EXIF orientation: rotated a quarter turn
+                w, h = h, w
+            return h, w
+    except Exception as e:
+        raise ImageReadError(path, f"not a readable image ({' '.join(str(e).split()) or type(e).__name__})") from e
+
+
+def _plan_text(restorer, sizes, options):
+    """engine.make_plan(...).describe() for an image (a pair for stereo) of these (h, w) sizes."""
+    from . import engine
+    task = restorer.task
+    if task.stereo and sizes[0] != sizes[1]:
+        raise ValueError(f"left and right views differ in size: {sizes[0]} vs {sizes[1]}")
+    h, w = sizes[0]
+    opts = engine.Options(**{k: options[k] for k in ("steps", "sampler", "seed", "tile", "overlap", "mode",
+                                                     "memory_budget")}, precision=restorer.precision)
+    plan = engine.make_plan(restorer.model, (h * task.upscale, w * task.upscale), 6 if task.stereo else 3, opts,
+                            restorer.device)
+    return plan.describe()
+
+
+def _summary_line(entry, device):
+    out = entry["output"] if isinstance(entry["output"], str) else ", ".join(entry["output"])
+    w, h = entry["size"]
+    return f"{out}: {w}x{h}, {entry['seconds']:.1f} s, peak memory {_peak_memory_text(device)}"
+
+
 @main.command("restore")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--task", required=True, type=click.Choice(sorted(TASKS)), help="Restoration task.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
               help="Model file (default: the task's shipped weights).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Output file (one input).")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (one input; for stereo-sr OUT_L.EXT and OUT_R.EXT are written).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: beside each input file; DIR_TASK beside an input folder DIR).")
 @click.option("--steps", type=click.IntRange(min=1), help="Sampler steps (default: the model's T, 100).")
-@click.option("--sampler", type=click.Choice(["sde", "ode", "posterior"]), default="sde", show_default=True)
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="sde", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mode", type=click.Choice(["auto", "whole", "tiled"]), default="auto", show_default=True,
               help="whole = the reference algorithm on the whole image; tiled = force tiling.")
@@ -113,64 +196,187 @@ def _progress_printer(quiet):
 @click.option("--src-lens", help="Bokeh: source lens, e.g. Sony50mmf16.0BS or an encoded number (160).")
 @click.option("--tgt-lens", help="Bokeh: target lens, e.g. Canon50mmf1.8BS or an encoded number (-18).")
 @click.option("--disparity", type=float, help="Bokeh: disparity (the meta file's number).")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG outputs: quality (default 95).")
+@click.option("--compression",
+              help="TIFF outputs: codec name (zlib, lzw, zstd, none; default the input's); "
+                   "PNG outputs: zlib level 0-9 (default 6).")
+@click.option("--pattern", default="*", show_default=True, help="Input folders: glob of the file names to take.")
+@click.option("--recursive", is_flag=True, help="Input folders: include subfolders (mirrored in the output).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing outputs (folders: redo them instead of skipping them).")
+@click.option("--dry-run", is_flag=True, help="Print the plan for each input and exit; nothing is restored or written.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary lines; errors only.")
 def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, mode, tile, overlap, device,
-                precision, memory_budget, src_lens, tgt_lens, disparity, overwrite, quiet):
-    """Restore images (PNG, TIFF, JPEG)."""
-    from .io import ImageReadError, ImageWriteError, output_path, read_image, write_image
+                precision, memory_budget, src_lens, tgt_lens, disparity, jpeg_quality, compression, pattern,
+                recursive, overwrite, dry_run, quiet):
+    """Restore images (TIFF, PNG, JPEG) or folders of them.
+
+    Outputs are NAME_TASK.EXT beside each input unless -o/--out-dir say otherwise; bit depth, alpha,
+    ICC profile and EXIF are kept. stereo-sr takes left/right pairs (two files each, or a folder whose
+    views are matched by name: NAME_L/NAME_R, NAME_left/NAME_right, NAME0/NAME1). A folder is restored
+    into DIR_TASK (or --out-dir), outputs that exist are skipped so a rerun resumes, and a summary is
+    written to tilediff_summary.json there. The exit status is 1 when any input failed, 130 when
+    interrupted.
+    """
+    from .batch import Job, default_out_dir, error_line, find_jobs, restore_folder, restore_job
+    from .io import output_path
     from .restorer import Restorer
     from .weights import ModelFileError
 
     task_obj = TASKS[task]
-    if output is not None and len(inputs) != (2 if task_obj.stereo else 1):
-        _fail("-o/--output takes one input (a left/right pair for stereo-sr); use --out-dir for several")
+    folders = [p for p in inputs if p.is_dir()]
+    files = [p for p in inputs if not p.is_dir()]
+    if output is not None and (folders or len(files) != (2 if task_obj.stereo else 1)):
+        _fail("-o/--output takes one input (a left/right pair for stereo-sr); use --out-dir for several or a folder")
+    if task_obj.stereo and len(files) % 2:
+        _fail("stereo-sr takes left/right pairs: give an even number of images (left then right), or a folder")
     if task_obj.needs_lens and (src_lens is None or tgt_lens is None or disparity is None):
         _fail("the bokeh task needs --src-lens, --tgt-lens and --disparity (lens names like "
               "Canon50mmf1.8BS → -18, Sony50mmf16.0BS → 160, as in the NTIRE 2023 meta files)")
+    if task_obj.needs_lens:
+        from .tasks import lens_value
+        try:
+            lens_value(src_lens), lens_value(tgt_lens)
+        except ValueError as e:
+            _fail(e)
+    compression = _compression_value(compression)
     budget = _parse_bytes(memory_budget) if memory_budget else None
+    options = dict(steps=steps, sampler=sampler, seed=seed, mode=mode, tile=tile, overlap=overlap,
+                   memory_budget=budget, src_lens=src_lens, tgt_lens=tgt_lens, disparity=disparity)
+    if device != "auto":
+        import torch
+        try:
+            torch.device(device)
+        except RuntimeError:
+            _fail(f"--device {device}: not a device (auto, cpu, cuda or cuda:N)")
     try:
         restorer = Restorer(task, weights=weights, device=device, precision=precision)
-    except (ModelFileError, ValueError) as e:
+    except (ModelFileError, ValueError, RuntimeError, OSError) as e:
         _fail(e)
-    groups = [tuple(inputs[i:i + 2]) for i in range(0, len(inputs), 2)] if task_obj.stereo else [(p,) for p in inputs]
-    if task_obj.stereo and any(len(g) != 2 for g in groups):
-        _fail("stereo-sr takes left/right pairs: give an even number of images (left then right)")
-    failures = 0
-    for group in groups:
-        targets = [output if output and len(group) == 1 else None for _ in group]
-        if output and task_obj.stereo:
-            targets = [output.with_name(f"{output.stem}_L{output.suffix}"), output.with_name(f"{output.stem}_R{output.suffix}")]
-        targets = [t or output_path(src, task, out_dir) for t, src in zip(targets, group)]
-        try:
-            for src, dst in zip(group, targets):
-                if dst.resolve() == Path(src).resolve():
-                    raise ValueError(f"{dst}: refusing to overwrite the input")
-                if dst.exists() and not overwrite:
-                    raise ValueError(f"{dst}: exists (use --overwrite to replace it)")
-            images = [read_image(src) for src in group]
-            progress, close = _progress_printer(quiet)
-            start = time.perf_counter()
+
+    # file jobs: one per input (a pair for stereo-sr), outputs beside the input, in --out-dir or -o
+    step = 2 if task_obj.stereo else 1
+    jobs = []
+    for i in range(0, len(files), step):
+        group = tuple(files[i:i + step])
+        if output is not None and task_obj.stereo:
+            targets = (output.with_name(f"{output.stem}_L{output.suffix}"),
+                       output.with_name(f"{output.stem}_R{output.suffix}"))
+        elif output is not None:
+            targets = (output,)
+        else:
+            targets = tuple(output_path(src, task, out_dir) for src in group)
+        jobs.append(Job(group, targets))
+    folder_outs = [(d, out_dir if out_dir is not None and len(folders) == 1 else
+                    out_dir / d.resolve().name if out_dir is not None else default_out_dir(d, task))
+                   for d in folders]
+
+    if dry_run:
+        failures = 0
+
+        def show(job, note):
+            nonlocal failures
+            click.echo(f"{job.label} -> {', '.join(map(str, job.outputs))}{note}")
             try:
-                result = restorer.restore(images[0].rgb if len(images) == 1 else tuple(i.rgb for i in images),
-                                          steps=steps, sampler=sampler, seed=seed, mode=mode, tile=tile,
-                                          overlap=overlap, memory_budget=budget, src_lens=src_lens,
-                                          tgt_lens=tgt_lens, disparity=disparity, progress=progress)
-            finally:
+                click.echo(_indent(_plan_text(restorer, [_header_size(p) for p in job.inputs], options)))
+            except Exception as e:
+                failures += 1
+                click.echo(f"tilediff: error: {error_line(e, job.label)}", err=True)
+
+        for job in jobs:
+            exists = any(p.exists() for p in job.outputs) and not overwrite
+            show(job, " (exists: use --overwrite)" if exists else "")
+        for folder, dest in folder_outs:
+            folder_jobs = find_jobs(folder, dest, task, pattern, recursive)
+            click.echo(f"{folder}/ -> {dest}/ ({len(folder_jobs)} {'pairs' if task_obj.stereo else 'images'})")
+            for job in folder_jobs:
+                if job.error:
+                    failures += 1
+                    click.echo(f"tilediff: error: {job.error}", err=True)
+                elif all(p.exists() for p in job.outputs) and not overwrite:
+                    click.echo(f"{job.label} -> {', '.join(map(str, job.outputs))} (exists: skipped)")
+                else:
+                    show(job, "")
+        if failures:
+            sys.exit(1)
+        return
+
+    progress, close = _progress_printer(quiet)
+    failures, written = 0, set()
+    inputs_resolved = {Path(p).resolve() for p in files}
+    try:
+        for job in jobs:
+            problem = _job_problem(job, inputs_resolved, written, overwrite)
+            if problem:
+                failures += 1
+                click.echo(f"tilediff: error: {problem}", err=True)
+                continue
+            try:
+                entry = restore_job(restorer, job, jpeg_quality=jpeg_quality, compression=compression,
+                                    progress=progress, **options)
+            except Exception as e:
                 close()
-            results = result if task_obj.stereo else (result,)
-            for image, out, dst in zip(images, results, targets):
-                write_image(dst, out, like=image)
-            elapsed = time.perf_counter() - start
-            h, w = results[0].shape[:2]
+                failures += 1
+                click.echo(f"tilediff: error: {error_line(e, job.label)}", err=True)
+                continue
+            close()
+            written.update(p.resolve() for p in job.outputs)
             if not quiet:
-                click.echo(f"{', '.join(map(str, targets))}: {w}x{h}, {elapsed:.1f} s, "
-                           f"peak memory {_peak_memory_text(restorer.device)}", err=True)
-        except (ImageReadError, ImageWriteError, ValueError, ModelFileError) as e:
-            failures += 1
-            click.echo(f"tilediff: error: {str(e).splitlines()[0]}", err=True)
+                click.echo(_summary_line(entry, restorer.device), err=True)
+
+        for folder, dest in folder_outs:
+            def on_file(event, entry):
+                close()
+                if event == "failed":
+                    click.echo(f"tilediff: error: {entry['error']}", err=True)
+                elif quiet:
+                    pass
+                elif event == "succeeded":
+                    click.echo(_summary_line(entry, restorer.device), err=True)
+                elif event == "skipped":
+                    click.echo(f"skipped {entry['input']}: output exists (--overwrite redoes it)", err=True)
+            try:
+                summary = restore_folder(folder, dest, task=task, restorer=restorer, pattern=pattern,
+                                         recursive=recursive, skip_existing=not overwrite, jpeg_quality=jpeg_quality,
+                                         compression=compression, on_file=on_file, progress=progress, **options)
+            except (OSError, ValueError) as e:
+                failures += 1
+                click.echo(f"tilediff: error: {error_line(e, folder)}", err=True)
+                continue
+            counts = summary["counts"]
+            failures += counts["failed"]
+            if not quiet:
+                click.echo(f"{folder}: {counts['succeeded']} restored, {counts['failed']} failed, "
+                           f"{counts['skipped']} skipped; summary in {summary['summary_path']}", err=True)
+    finally:
+        close()
     if failures:
+        if len(jobs) + len(folders) > 1 and not quiet:
+            click.echo(f"tilediff: {failures} input(s) failed", err=True)
         sys.exit(1)
+
+
+def _job_problem(job, inputs, written, overwrite):
+    """Why a file job must not run (one line naming the file), or None."""
+    from .io import SUPPORTED_EXTENSIONS, is_image_file
+    for src in job.inputs:
+        if src.is_file() and not is_image_file(src):
+            return (f"{src}: unsupported file type {src.suffix or '(no extension)'}: tilediff reads and writes "
+                    f"TIFF, PNG and JPEG ({' '.join(SUPPORTED_EXTENSIONS)})")
+    if len({dst.resolve() for dst in job.outputs}) < len(job.outputs):
+        return f"{job.outputs[0]}: the left and right views would be written to the same file; use -o"
+    for dst in job.outputs:
+        if dst.resolve() in inputs:
+            return f"{dst}: refusing to overwrite an input"
+        if dst.resolve() in written:
+            return f"{dst}: already written for an earlier input of this run"
+        if dst.exists() and not overwrite:
+            return f"{dst}: exists (use --overwrite to replace it)"
+    return None
+
+
+def _indent(text):
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def _parse_bytes(text):
@@ -192,6 +398,18 @@ def _peak_memory_text(device):
     if device.type == "cuda":
         text += f", {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GB device"
     return text
+
+
+# ---- commands defined in other modules -------------------------------------------------------
+# `tilediff train` and `tilediff eval` live in train_cli.py; they are registered here, guarded so that
+# restore/convert/info keep working where the training module (or its dependencies) is missing.
+try:
+    from .train_cli import eval_cmd, train_cmd
+except ImportError:
+    pass
+else:
+    main.add_command(train_cmd)
+    main.add_command(eval_cmd)
 
 
 if __name__ == "__main__":

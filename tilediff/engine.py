@@ -18,7 +18,7 @@ import torch
 
 from . import sde
 from .noise import START_STEP, PositionalNoise
-from .tiled_compressor import TiledCompressor, decoder_halo, encoder_halo
+from .tiled_compressor import TiledCompressor, encoder_halo, finest_decode_halo
 from .tiling import blend_window, grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -85,7 +85,8 @@ class Plan:
         return "\n".join(lines)
 
     def _skips_text(self):
-        return {"fp32": "kept on the host (fp32)", "fp16": "kept on the host (fp16)",
+        return {"fp32": "kept on the host (fp32)",
+                "fp16": "kept on the host in fp16, the finest level's recomputed per decode tile",
                 "recompute": "recomputed per decode tile"}.get(self.skips, self.skips)
 
 
@@ -128,28 +129,36 @@ def noise_bytes(net, h, w, batch, itemsize):
 
 
 def compressor_tile_bytes(comp, tile, recompute, itemsize):
-    """Rough peak memory of one fused decode-tail tile (the heaviest compressor stage)."""
+    """Rough peak memory of one tile of the finest decoder pass (the heaviest compressor stage)."""
     unit = 2 ** (comp.depth - 1)
-    side = (tile + 2 * decoder_halo(comp.depth)) * unit
-    per_px = 0
-    for k, level in enumerate(comp.decoder):
-        scale = 4 ** (comp.depth - 1 - k)
-        per_px += 5 * level[0].block1.proj.in_channels / scale
-    total = per_px * side * side * itemsize
-    if recompute:
-        side_e = side + 2 * encoder_halo(comp.depth) * unit
-        enc_px = sum(4 * lvl[0].block1.proj.in_channels / 4 ** i for i, lvl in enumerate(comp.encoder))
-        total += enc_px * side_e * side_e * itemsize
+    side = (tile + 2 * finest_decode_halo(comp.depth)) * unit
+    finest = comp.decoder[-1][0].block1.proj.in_channels
+    total = 6 * finest * side * side * itemsize
+    if recompute:   # the encoder's first level over the region grown by its halo
+        side_e = side + 2 * encoder_halo(comp.depth, 1) * unit
+        total += 4 * comp.encoder[0][0].block1.proj.in_channels * side_e * side_e * itemsize
     return int(total)
 
 
-def skip_elements(comp, h, w):
-    """Elements of all kept skip tensors for an h×w image (padded to the compressor multiple)."""
+def level_canvas_bytes(comp, h, w, skip_itemsize):
+    """The largest transient per-level canvas of the level-by-level encode/decode."""
     m = comp.multiple
     hp, wp = -(-h // m) * m, -(-w // m) * m
-    total = comp.init_conv.out_channels * hp * wp
+    enc = max(blk[3].out_channels * (hp >> (i + 1)) * (wp >> (i + 1)) * 4
+              for i, blk in enumerate(comp.encoder[:-1])) if comp.depth > 1 else 0
+    dec = max(comp.decoder[k][1].block2.proj.out_channels * (hp >> (comp.depth - 1 - k)) * (wp >> (comp.depth - 1 - k))
+              * skip_itemsize for k in range(1, comp.depth - 1)) if comp.depth > 2 else 0
+    return max(enc, dec)
+
+
+def skip_elements(comp, h, w, from_level=0):
+    """Elements of the kept skip tensors of encoder levels ≥ from_level for an h×w image."""
+    m = comp.multiple
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    total = comp.init_conv.out_channels * hp * wp if from_level == 0 else 0
     for level, blocks in enumerate(comp.encoder):
-        total += 2 * blocks[0].block1.proj.out_channels * (hp >> level) * (wp >> level)
+        if level >= from_level:
+            total += 2 * blocks[0].block1.proj.out_channels * (hp >> level) * (wp >> level)
     return total
 
 
@@ -190,19 +199,26 @@ def make_plan(model, image_hw, channels, options, device):
         comp_peak = int(skip_elements(comp, h, w) * 4 * 2.5)
     elif comp is not None:
         compressor_mode = "tiled"
-        n_skip = skip_elements(comp, h, w)
         host_room = available_memory(torch.device("cpu")) * 0.8 - (0 if on_host else host_fixed)
+        kept_bytes = {"fp32": 4 * skip_elements(comp, h, w) + level_canvas_bytes(comp, h, w, 4),
+                      "fp16": 2 * skip_elements(comp, h, w, 1) + level_canvas_bytes(comp, h, w, 2),
+                      "recompute": level_canvas_bytes(comp, h, w, 2)}
+        # fp32 skips (exact) while they take at most a quarter of the budget; then fp16 skips with the
+        # finest level recomputed (most of the skip memory, ~2 % of the compressor's work); then all
+        # recomputed. The kept skips stay resident through sampling, so the noise network's need counts.
+        kinds = [k for k in ("fp32", "fp16", "recompute") if k != "fp32" or kept_bytes["fp32"] <= budget / 4]
         choice = None
         for noise_whole in ((True, False) if want_whole_noise else (False,)):
-            for kind, per in (("fp32", 4), ("fp16", 2), ("recompute", 0)):
-                kept = per * n_skip
+            for kind in kinds:
+                kept = kept_bytes[kind]
                 if kept > host_room:
                     continue
                 left = room - (kept if on_host else 0)
                 if noise_whole and whole_noise > left:
                     continue
                 for t in ([options.compressor_tile] if options.compressor_tile else COMPRESSOR_TILES):
-                    if compressor_tile_bytes(comp, t, kind == "recompute", itemsize) <= left:
+                    # an eighth of the budget at most: bigger tiles save little halo work
+                    if compressor_tile_bytes(comp, t, kind != "fp32", itemsize) <= min(left, budget / 8):
                         choice = (kind, t, kept if on_host else 0)
                         break
                 if choice:
@@ -212,7 +228,7 @@ def make_plan(model, image_hw, channels, options, device):
         skips, ctile, resident_skips = choice or ("recompute", options.compressor_tile or COMPRESSOR_TILES[-1], 0)
         ctile = min(ctile, max(ch, cw))
         comp_tiles = -(-ch // ctile) * -(-cw // ctile)
-        comp_peak = resident_skips + compressor_tile_bytes(comp, ctile, skips == "recompute", itemsize)
+        comp_peak = resident_skips + compressor_tile_bytes(comp, ctile, skips != "fp32", itemsize)
 
     room_noise = room - resident_skips
     if options.mode == "whole" or (not force_tiles and whole_noise <= room_noise):
@@ -318,8 +334,13 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
             mu = mu.float().cpu()
             report("encode", 1, 1)
         else:
-            tiled, canvas = _retry_on_oom(lambda t: _tiled_encode(model, x, device, dtype, plan, t, report),
-                                          plan.compressor_tile, plan, "compressor_tile")
+            tiled = TiledCompressor(model.compressor, device, dtype, tile=plan.compressor_tile,
+                                    keep_skips=plan.skips != "recompute",
+                                    recompute_levels=1 if plan.skips == "fp16" else 0,
+                                    skip_dtype=torch.float16 if plan.skips == "fp16" else torch.float32,
+                                    level_dtype=torch.float32 if plan.skips == "fp32" else torch.float16,
+                                    progress=report)
+            canvas = tiled.encode(x)
             mu = canvas.latent
         timings["encode"] = time.perf_counter() - start
 
@@ -335,8 +356,8 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
             out = model.compressor.decode(state.to(device=device, dtype=dtype), hidden).float().cpu()
             report("decode", 1, 1)
         else:
-            out = _retry_on_oom(lambda t: _tiled_decode(tiled, t, state, canvas, x), plan.compressor_tile,
-                                plan, "compressor_tile")
+            out = tiled.decode(state, canvas, x, release=True)
+            plan.compressor_tile = tiled.tile   # smaller if an out-of-memory error halved it
         timings["decode"] = time.perf_counter() - start
     return out.clamp_(0, 1)
 
@@ -379,18 +400,6 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     return sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
 
 
-def _tiled_encode(model, x, device, dtype, plan, tile, report):
-    tiled = TiledCompressor(model.compressor, device, dtype, tile=tile, keep_skips=plan.skips != "recompute",
-                            skip_dtype=torch.float16 if plan.skips == "fp16" else torch.float32,
-                            progress=report)
-    return tiled, tiled.encode(x)
-
-
-def _tiled_decode(tiled, tile, state, canvas, image):
-    tiled.tile = tile
-    return tiled.decode(state, canvas, image)
-
-
 def _halve_noise_tiles(plan):
     """Switch whole → tiled or halve the noise tile (after an out-of-memory error)."""
     plan.noise_tile = max(16, (max(plan.canvas_hw) if plan.noise_mode == "whole" else plan.noise_tile) // 2)
@@ -398,16 +407,3 @@ def _halve_noise_tiles(plan):
     plan.noise_overlap = min(plan.noise_overlap or plan.noise_tile // 4, plan.noise_tile // 2)
     plan.noise_tiles = len(grid(plan.canvas_hw[0], plan.canvas_hw[1], plan.noise_tile, plan.noise_overlap))
     plan.noise_batch = 1
-
-
-def _retry_on_oom(run, tile, plan, field_name):
-    """Run a tiled stage; on a CUDA out-of-memory error halve the tile and try again."""
-    while True:
-        try:
-            return run(tile)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-            if not _is_oom(err) or tile <= 1:
-                raise
-            torch.cuda.empty_cache()
-            tile = max(1, tile // 2)
-            setattr(plan, field_name, tile)

@@ -18,7 +18,6 @@ Tiles are cut on the deepest level's grid (units of 2^(depth−1) pixels), so ev
 starts on its own stride grid, and regions are clipped at the canvas edges, where each convolution's
 own zero padding is then the whole-image padding. Interior halos are cropped away after the pass.
 """
-import math
 from dataclasses import dataclass
 
 import torch
@@ -37,25 +36,21 @@ def padded_region(image, region, padded_hw):
     return image[:, :, rows][:, :, :, cols]
 
 
-def encoder_halo(depth):
-    """Contaminated border width (deepest-level units) of the fused local encoder pass, plus margin."""
+def encoder_halo(depth, levels=None):
+    """Contaminated border width, in deepest-level units, of the fused local encoder run through
+    ``levels`` levels (default all), plus a margin: the halo a tile needs for exact results."""
+    levels = depth if levels is None else levels
     c = 1                           # init_conv
-    for level in range(depth):
+    for level in range(levels):
         c += 4                      # two ResBlocks of two 3×3 convs
-        if level < depth - 1:
+        if level < levels - 1:
             c = (c + 2) // 2 + 1    # 4×4 stride-2 conv
-    return c + 1
+    return -(-c // 2 ** (depth - levels)) + 1
 
 
-def decoder_halo(depth):
-    """Contaminated border width (deepest-level units) of the fused local decoder tail, plus margin."""
-    c = 0
-    for k in range(depth):
-        if k > 0:
-            c += 4                  # two ResBlocks
-        c = 2 * c + 1 if k < depth - 1 else c + 1   # upsample (nearest ×2, 3×3 conv) or last 3×3 conv
-    c += 1                          # final_conv
-    return math.ceil(c / 2 ** (depth - 1)) + 1
+def finest_decode_halo(depth):
+    """Halo, in deepest-level units, of the finest decoder pass (upsample conv, ResBlocks, convs)."""
+    return -(-(1 + 4 + 2 + 1) // 2 ** (depth - 1))
 
 
 @dataclass
@@ -73,20 +68,36 @@ class TiledCompressor:
     """Runs a ``Compressor`` over tiles of a host canvas on ``device`` in ``dtype``."""
 
     def __init__(self, compressor, device, dtype=torch.float32, tile=32, keep_skips=True,
-                 skip_dtype=torch.float32, progress=None):
+                 skip_dtype=torch.float32, level_dtype=torch.float32, progress=None, recompute_levels=None):
         self.net = compressor
         self.device = device
         self.dtype = dtype
         self.tile = max(1, int(tile))            # in deepest-level units
         self.keep_skips = keep_skips
+        # encoder levels whose skips are recomputed at decode time instead of kept: all but the
+        # deepest when keep_skips is False; with keep_skips, the finest ``recompute_levels`` levels
+        # (level 0 holds most of the skip memory and is the cheapest to recompute).
+        self.recompute_levels = (compressor.depth - 1 if not keep_skips else (recompute_levels or 0))
         self.skip_dtype = skip_dtype
+        self.level_dtype = level_dtype           # the decoder's per-level output canvases
         self.progress = progress
         self.depth = compressor.depth
         self.unit = 2 ** (compressor.depth - 1)  # pixels per deepest-level unit
         self.enc_halo = encoder_halo(self.depth)
-        self.dec_halo = decoder_halo(self.depth)
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _retry(self, run_pass):
+        """Run one pass over tiles; on a CUDA out-of-memory error halve the tile and run it again.
+        Passes write fresh canvases, so a repeated pass gives the same result."""
+        while True:
+            try:
+                return run_pass()
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+                if "out of memory" not in str(err).lower() or self.tile <= 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.tile = max(1, self.tile // 2)
+
     def _dev(self, x):
         return x.to(device=self.device, dtype=self.dtype)
 
@@ -175,19 +186,19 @@ class TiledCompressor:
         dh, dw = self._deep_hw(canvas)
         n_hidden = 1 + 2 * self.depth
         shapes = self._hidden_shapes(canvas)
-        keep = [self.keep_skips or self._level_of(i) == self.depth - 1 for i in range(n_hidden)]
+        keep = [self._level_of(i) >= self.recompute_levels for i in range(n_hidden)]
         skips = [torch.empty(s, dtype=self.skip_dtype if k else torch.float32) if k else None
                  for s, k in zip(shapes, keep)]
-        if self.keep_skips:
-            deepest_pre_attention = self._encode_level_by_level(image, canvas, skips)
+        if self.keep_skips:   # (recomputing only the finest levels still uses the level-by-level pass)
+            deepest_pre_attention = self._retry(lambda: self._encode_level_by_level(image, canvas, skips))
         else:
-            deepest_pre_attention = self._encode_fused(image, canvas, skips)
+            deepest_pre_attention = self._retry(lambda: self._encode_fused(image, canvas, skips))
         last = self.net.encoder[-1]
-        deepest = self._attention(last[2], deepest_pre_attention, "encode-attention")
-        del deepest_pre_attention
+        deepest = self._retry(lambda: self._attention(last[2], deepest_pre_attention, "encode-attention"))
+        deepest_pre_attention = None  # free it before the next pass
         skips[-1] = deepest.to(skips[-1].dtype)
-        canvas.latent = self._local_at_deepest(lambda x: self.net.latent_conv(last[3](x)), [deepest],
-                                               2, "encode-latent")
+        canvas.latent = self._retry(lambda: self._local_at_deepest(lambda x: self.net.latent_conv(last[3](x)),
+                                                                   [deepest], 2, "encode-latent"))
         canvas.skips = skips
         return canvas
 
@@ -201,16 +212,19 @@ class TiledCompressor:
             region = core.grow(self.enc_halo, dh, dw)
             hidden = self._local_encoder(image, canvas, region, self.depth)
             for j, tensor in enumerate(hidden[:-1]):
-                if skips[j] is not None:
-                    level = self._level_of(j)
-                    ys, xs = core.scaled(self._level_scale(level)).slices
-                    skips[j][:, :, ys, xs] = self._host(self._crop(tensor, level, core, region), skips[j].dtype)
+                self._store(skips, j, tensor, self._level_of(j), core, region)
             if deepest_pre_attention is None:
                 deepest_pre_attention = torch.empty(1, hidden[-1].shape[1], dh, dw)
             deepest_pre_attention[..., core.y0:core.y1, core.x0:core.x1] = \
                 self._host(self._crop(hidden[-1], self.depth - 1, core, region))
             self._report("encode", i + 1, len(tiles))
         return deepest_pre_attention
+
+    def _store(self, skips, index, tensor, level, core, region):
+        """Write the core of a region's hidden tensor into its kept skip canvas (if it is kept)."""
+        if skips[index] is not None:
+            ys, xs = core.scaled(self._level_scale(level)).slices
+            skips[index][:, :, ys, xs] = self._host(self._crop(tensor, level, core, region), skips[index].dtype)
 
     def _encode_level_by_level(self, image, canvas, skips):
         """One pass per level with that level's own small halo, writing the skips and the next
@@ -230,20 +244,17 @@ class TiledCompressor:
                 region = core.grow(halo, dh, dw)
                 if level == 0:
                     x = self.net.init_conv(self._dev(padded_region(image, region.scaled(self.unit), canvas.padded_hw)))
-                    skips[0][(slice(None), slice(None)) + core.scaled(scale).slices] = \
-                        self._host(self._crop(x, 0, core, region), skips[0].dtype)
+                    self._store(skips, 0, x, 0, core, region)
                 else:
                     r = region.scaled(scale)
                     x = self._dev(level_input[:, :, r.y0:r.y1, r.x0:r.x1])
                 x = block1(x)
-                skips[2 * level + 1][(slice(None), slice(None)) + core.scaled(scale).slices] = \
-                    self._host(self._crop(x, level, core, region), skips[2 * level + 1].dtype)
+                self._store(skips, 2 * level + 1, x, level, core, region)
                 x = block2(x)
                 if last:
                     y, y_level = x, level
                 else:
-                    skips[2 * level + 2][(slice(None), slice(None)) + core.scaled(scale).slices] = \
-                        self._host(self._crop(x, level, core, region), skips[2 * level + 2].dtype)
+                    self._store(skips, 2 * level + 2, x, level, core, region)
                     y, y_level = down(x), level + 1
                 if out is None:
                     s2 = self._level_scale(y_level)
@@ -264,56 +275,83 @@ class TiledCompressor:
         return shapes
 
     # ---- decode -----------------------------------------------------------------------------
-    def decode(self, latent, canvas, image=None):
+    def decode(self, latent, canvas, image=None, release=False):
         """Latent canvas (1, E, h, w) + the encode's Canvas → output (1, C, H, W) on the host.
 
-        ``image`` is needed when the skips are recomputed (keep_skips=False)."""
-        if not self.keep_skips and image is None:
+        Level by level: the deepest level (local part, then attention) on the deepest canvas, then
+        one pass per finer level (upsample of the previous level's output + this level's ResBlocks,
+        and at the finest level the last conv and final_conv), each with its own small halo.
+        ``image`` is needed when the skips are recomputed (keep_skips=False); ``release`` frees the
+        kept skips of a level once its pass is done (the canvas cannot be decoded again then).
+        """
+        if self.recompute_levels and image is None:
             raise ValueError("decode needs the image to recompute the skips")
         skips = canvas.skips
         first = self.net.decoder[0]
-        deep_a = self._local_at_deepest(
+        deep_a = self._retry(lambda: self._local_at_deepest(
             lambda z, s1, s2: first[1](torch.cat([first[0](torch.cat([self.net.post_latent_conv(z), s1], 1)), s2], 1)),
-            [latent, skips[-1], skips[-2]], 4, "decode-deep")
-        deep_b = self._attention(first[2], deep_a, "decode-attention")
-        del deep_a
-        dh, dw = deep_b.shape[-2:]
-        out = torch.empty(1, self.net.final_conv.out_channels, *canvas.image_hw)
+            [latent, skips[-1], skips[-2]], 4, "decode-deep"))
+        y = self._retry(lambda: self._attention(first[2], deep_a, "decode-attention"))
+        deep_a = None
+        if release:
+            skips[-1] = skips[-2] = None
+        for k in range(1, self.depth):
+            y = self._retry(lambda: self._decode_level(k, y, canvas, image))
+            if release:
+                skips[2 * self.depth - 2 * k] = skips[2 * self.depth - 2 * k - 1] = None
+        return y
+
+    def _decode_level(self, k, previous, canvas, image):
+        """Decoder level k ≥ 1 over tiles: up(previous) → two ResBlocks with skips [→ final convs]."""
+        d = self.depth
+        level = d - 1 - k                       # the encoder level (scale) this decoder level runs at
+        scale = self._level_scale(level)
+        finest = k == d - 1
+        block1, block2, attn, up = self.net.decoder[k]
+        halo_px = 1 + 4 + (2 if finest else 0) + 1       # upsample conv, ResBlocks, last convs, margin
+        halo = -(-halo_px // scale)
+        dh, dw = self._deep_hw(canvas)
+        skip_a, skip_b = 2 * d - 2 * k, 2 * d - 2 * k - 1   # = hidden[-(2k+1)], hidden[-(2k+2)]
         tiles = partition(dh, dw, self.tile)
+        if finest:
+            out = torch.empty(1, self.net.final_conv.out_channels, *canvas.image_hw)
+        else:
+            out = torch.empty(1, block2.block2.proj.out_channels, dh * scale, dw * scale,
+                              dtype=self.level_dtype)
+        prev_scale = self._level_scale(level + 1)
         for i, core in enumerate(tiles):
-            region = core.grow(self.dec_halo, dh, dw)
-            hidden = self._skips_for(region, canvas, image)
-            y = self._decoder_tail(self._dev(deep_b[:, :, region.y0:region.y1, region.x0:region.x1]), hidden)
-            ys, xs = core.scaled(self.unit).relative_to(region.scaled(self.unit))
-            y = y[:, :, ys, xs]
-            py0, px0 = core.y0 * self.unit, core.x0 * self.unit
-            hy = min(y.shape[2], canvas.image_hw[0] - py0)
-            hx = min(y.shape[3], canvas.image_hw[1] - px0)
+            region = core.grow(halo, dh, dw)
+            hidden = self._level_skips(region, canvas, image, level, (skip_a, skip_b) + ((0,) if finest else ()))
+            r = region.scaled(prev_scale)
+            x = self.net.decoder[k - 1][3](self._dev(previous[:, :, r.y0:r.y1, r.x0:r.x1]))
+            x = block1(torch.cat([x, hidden[skip_a]], 1))
+            x = attn(block2(torch.cat([x, hidden[skip_b]], 1)))
+            if finest:
+                x = self.net.final_conv(up(x) + hidden[0])
+            ys, xs = core.scaled(scale).relative_to(region.scaled(scale))
+            x = x[:, :, ys, xs]
+            y0, x0 = core.y0 * scale, core.x0 * scale
+            hy, hx = min(x.shape[2], out.shape[2] - y0), min(x.shape[3], out.shape[3] - x0)
             if hy > 0 and hx > 0:
-                out[:, :, py0:py0 + hy, px0:px0 + hx] = self._host(y[:, :, :hy, :hx])
-            self._report("decode", i + 1, len(tiles))
+                out[:, :, y0:y0 + hy, x0:x0 + hx] = self._host(x[:, :, :hy, :hx], out.dtype)
+            self._report("decode", (k - 1) * len(tiles) + i + 1, (d - 1) * len(tiles))
         return out
 
-    def _skips_for(self, region, canvas, image):
-        """hidden[0 .. 2·depth−2] for a region (deepest units), at each level's scale, on the device."""
-        n = 2 * self.depth - 1    # all but the deepest level's two, which the tail does not read
-        if self.keep_skips:
-            result = []
-            for j in range(n):
-                r = region.scaled(self._level_scale(self._level_of(j)))
-                result.append(self._dev(canvas.skips[j][:, :, r.y0:r.y1, r.x0:r.x1]))
-            return result
-        dh, dw = self._deep_hw(canvas)
-        outer = region.grow(self.enc_halo, dh, dw)
-        hidden = self._local_encoder(image, canvas, outer, self.depth - 1)
-        return [self._crop(hidden[j], self._level_of(j), region, outer) for j in range(n)]
-
-    def _decoder_tail(self, x, hidden):
-        """From the deepest level after attention to final_conv, for one region."""
-        x = self.net.decoder[0][3](x)
-        d = self.depth
-        for k, (block1, block2, attn, up) in enumerate(self.net.decoder[1:], start=1):
-            x = block1(torch.cat([x, hidden[2 * d - 2 * k]], 1))        # = hidden[-(2k+1)] of the full list
-            x = block2(torch.cat([x, hidden[2 * d - 2 * k - 1]], 1))    # = hidden[-(2k+2)]
-            x = up(attn(x))
-        return self.net.final_conv(x + hidden[0])
+    def _level_skips(self, region, canvas, image, level, indices):
+        """The hidden tensors ``indices`` for a region (deepest units) on the device: sliced from
+        the kept skips, or recomputed by the local encoder's levels 0..level from the image."""
+        result = {}
+        missing = []
+        for j in indices:
+            if canvas.skips[j] is None:
+                missing.append(j)
+                continue
+            r = region.scaled(self._level_scale(self._level_of(j)))
+            result[j] = self._dev(canvas.skips[j][:, :, r.y0:r.y1, r.x0:r.x1])
+        if missing:
+            levels = max(self._level_of(j) for j in missing) + 1
+            dh, dw = self._deep_hw(canvas)
+            outer = region.grow(encoder_halo(self.depth, levels), dh, dw)
+            hidden = self._local_encoder(image, canvas, outer, levels)
+            result.update({j: self._crop(hidden[j], self._level_of(j), region, outer) for j in missing})
+        return result

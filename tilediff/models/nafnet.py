@@ -199,6 +199,11 @@ class ConditionalNAFNet(nn.Module):
         h, w = feats.shape[-2:]
         pad_h = (self.padder_size - h % self.padder_size) % self.padder_size
         pad_w = (self.padder_size - w % self.padder_size) % self.padder_size
+        if self.variant == "stereo":
+            # SCAM works at 1/4 of each level: the deepest level needs 4 pixels (the reference fails
+            # below that); pad small inputs up to it, which leaves every size the reference runs alone.
+            least = 4 * self.padder_size
+            pad_h, pad_w = max(pad_h, least - h), max(pad_w, least - w)
         x = self.intro(F.pad(feats, (0, pad_w, 0, pad_h)))
         intro_out = x
         skips = []
