@@ -6,6 +6,7 @@
 # 1. python -m pytest -q tests/test_kernels.py with TRITON_INTERPRET unset (kernels compiled for
 #    the GPU; the tests pick the cuda device).  If pytest is not installed, gpu_bench.py --verify
 #    does a fused-vs-reference check instead.
+# 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16).
 # 2. python benchmarks/gpu_bench.py OUT_DIR --budget-s <what is left of ~7.5 minutes>
 #    (one NAFBlock at c=64..512, 16xcx128x128, fp16/bf16/fp32: eager vs torch.compile vs fused;
 #    then the latent network).  Results: OUT_DIR/gpu_<device>_<date>.json/.md, plus
@@ -79,14 +80,21 @@ else
     EXTRA_VERIFY=(--verify)
 fi
 
-# 2. timings, in what is left of the budget
-LEFT=$(( TOTAL_BUDGET - SECONDS - 15 ))
+# 2. timings, in what is left of the budget (130 s kept for step 3)
+LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - 130 ))
 [ "$LEFT" -lt 60 ] && LEFT=60
 log "gpu_bench.py, budget ${LEFT}s"
 timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" \
     --pytest-rc "$PYTEST_RC" --pytest-summary "$PYTEST_SUMMARY" ${EXTRA_VERIFY[@]+"${EXTRA_VERIFY[@]}"} "$@" 2>&1 | tee -a "$LOG"
 BENCH_RC=${PIPESTATUS[0]}
 log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
+
+# 3. a full 100-step restoration of a 6000x4000 image (official dehazing configuration, random
+#    weights, tiled engine, fp16): fused kernels, then eager if time allows
+log "gpu_restore.py 6000x4000, 100 steps"
+timeout -k 10 125 "$PY" benchmarks/gpu_restore.py "$OUT_DIR" --size 6000x4000 --steps 100 --precision fp16 \
+    --budget-s 55 2>&1 | tee -a "$LOG"
+log "gpu_restore.py rc=${PIPESTATUS[0]}; total ${SECONDS}s"
 ls -la "$OUT_DIR" | tee -a "$LOG"
 if [ "$PYTEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]; then exit 0; fi
 exit 1

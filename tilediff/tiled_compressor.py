@@ -84,6 +84,7 @@ class TiledCompressor:
         self.depth = compressor.depth
         self.unit = 2 ** (compressor.depth - 1)  # pixels per deepest-level unit
         self.enc_halo = encoder_halo(self.depth)
+        compressor.to(memory_format=torch.channels_last)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _retry(self, run_pass):
@@ -99,7 +100,8 @@ class TiledCompressor:
                 self.tile = max(1, self.tile // 2)
 
     def _dev(self, x):
-        return x.to(device=self.device, dtype=self.dtype)
+        # channels-last: the convolutions run about twice as fast in it (oneDNN and cuDNN)
+        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
 
     def _host(self, x, dtype=torch.float32):
         return x.to(device="cpu", dtype=dtype)
