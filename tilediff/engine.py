@@ -225,7 +225,12 @@ def make_plan(model, image_hw, channels, options, device):
                     break
             if choice:
                 break
-        skips, ctile, resident_skips = choice or ("recompute", options.compressor_tile or COMPRESSOR_TILES[-1], 0)
+        if choice is None:   # over budget whatever we do (the image and output canvases alone):
+            # recompute everything, with tiles sized to an eighth of the budget, not the smallest
+            fallback = next((t for t in COMPRESSOR_TILES
+                             if compressor_tile_bytes(comp, t, True, itemsize) <= budget / 8), COMPRESSOR_TILES[-1])
+            choice = ("recompute", options.compressor_tile or fallback, 0)
+        skips, ctile, resident_skips = choice
         ctile = min(ctile, max(ch, cw))
         comp_tiles = -(-ch // ctile) * -(-cw // ctile)
         comp_peak = resident_skips + compressor_tile_bytes(comp, ctile, skips != "fp32", itemsize)
@@ -236,7 +241,8 @@ def make_plan(model, image_hw, channels, options, device):
         noise_peak = whole_noise
     else:
         noise_mode = "tiled"
-        ntile = options.tile or next((t for t in NOISE_TILES if noise_bytes(model.noise, t, t, 1, itemsize) <= room_noise),
+        noise_room = max(room_noise, budget / 8)   # over budget: still tiles of a sensible size
+        ntile = options.tile or next((t for t in NOISE_TILES if noise_bytes(model.noise, t, t, 1, itemsize) <= noise_room),
                                      NOISE_TILES[-1])
         overlap = options.overlap if options.overlap is not None else max(ntile // 4, 1)
         if overlap >= ntile:
@@ -244,7 +250,7 @@ def make_plan(model, image_hw, channels, options, device):
         tiles = grid(ch, cw, ntile, overlap)
         ntiles = len(tiles)
         per_tile = noise_bytes(model.noise, *tiles[0].shape, 1, itemsize)
-        batch = options.batch or max(1, min(16, ntiles, room_noise // max(per_tile, 1)))
+        batch = options.batch or max(1, min(16, ntiles, int(noise_room // max(per_tile, 1))))
         noise_peak = resident_skips + per_tile * batch
     expected = fixed + max(comp_peak, noise_peak)
     return Plan((h, w), (ch, cw), cc, comp is not None, compressor_mode, ctile, skips, comp_tiles, comp_tiles,
