@@ -30,7 +30,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
-        "bench": ["matplotlib", "psutil"],
+        "bench": ["matplotlib"],
+        "train": ["scikit-image"],
     },
     entry_points={"console_scripts": ["tilediff=tilediff.cli:main"]},
 )

@@ -184,7 +184,8 @@ def _summary_line(entry, device):
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: beside each input file; DIR_TASK beside an input folder DIR).")
 @click.option("--steps", type=click.IntRange(min=1), help="Sampler steps (default: the model's T, 100).")
-@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="sde", show_default=True)
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
+              help="sde (the reference default), ode or posterior; default: the model file's choice, else sde.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mode", type=click.Choice(["auto", "whole", "tiled"]), default="auto", show_default=True,
               help="whole = the reference algorithm on the whole image; tiled = force tiling.")

@@ -71,15 +71,18 @@ class Restorer:
         self.precision = precision
         self.weights = Path(weights)
 
-    def restore(self, image, *, steps=None, sampler="sde", seed=0, tile=None, overlap=None, mode="auto",
+    def restore(self, image, *, steps=None, sampler=None, seed=0, tile=None, overlap=None, mode="auto",
                 memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
                 compressor_tile=None, batch=None):
         """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
 
         For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
         reference algorithm on the whole image at once; 'tiled' forces tiling; 'auto' plans.
-        ``stats`` (a dict) receives the plan and the seconds per stage.
+        ``stats`` (a dict) receives the plan and the seconds per stage. ``sampler`` None takes the
+        model file's ``default_sampler`` (the reference's 'sde' when it names none).
         """
+        if sampler is None:
+            sampler = self.model.metadata.get("default_sampler", "sde")
         if isinstance(image, (str, Path)):
             from .io import read_image
             image = read_image(image).rgb

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# How weights/dehaze.safetensors was trained (CPU, 1 torch thread, in the background with nohup).
+# Needs scikit-image for the photos (training/evaluation only). Checkpoints go to .train_state/dehaze
+# (git-ignored; the noise stage's checkpoint is ~37 MB). Re-running a stage with --resume continues it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# `tilediff train/eval` once registered in tilediff/cli.py; the click commands directly until then.
+td() {
+  if tilediff "$1" --help >/dev/null 2>&1; then tilediff "$@"; else
+    python -c 'import sys; from tilediff.train_cli import train_cmd, eval_cmd
+cmd = {"train": train_cmd, "eval": eval_cmd}[sys.argv[1]]; cmd(sys.argv[2:], prog_name="tilediff " + sys.argv[1])' "$@"
+  fi
+}
+
+STATE=.train_state/dehaze
+STAGES=${STAGES:-"data compressor noise eval"}   # e.g. STAGES=noise RESUME=--resume scripts/train_dehaze.sh
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+mkdir -p "$STATE"
+has data && python scripts/prepare_skimage_data.py .train_state/data   # train/ (12 images) and heldout/ (4 photos)
+
+# Stage 1: compressor (ch 8, ch_mult 2,4,4,8, latent 1/8 × 8 channels), latent regulariser 0.1,
+# 30 % of samples decoded without their LQ skips (see tilediff.train.compressor_loss).
+has compressor && td train --task dehaze --clean .train_state/data/train --stage compressor \
+  --out "$STATE/compressor.safetensors" --iters 900 --crop 128 --batch 8 --optimizer adamw --lr 1e-3 \
+  --latent-weight 0.1 --skip-dropout 0.3 --threads 1 --state-dir "$STATE" --save-every 100 ${RESUME:-}
+
+# Stage 2: noise network (width 24, enc 1,1,1,2) on the frozen compressor's latents, SDE max_sigma 30.
+has noise && td train --task dehaze --clean .train_state/data/train --stage noise \
+  --compressor "$STATE/compressor.safetensors" --out "$STATE/dehaze.safetensors" \
+  --noise-iters 5000 --noise-crop 256 --batch 8 --noise-optimizer lion --noise-lr 2e-4 --warmup 100 \
+  --max-sigma 30 --width 24 --enc-blocks 1,1,1,2 --middle-blocks 1 --dec-blocks 1,1,1,1 \
+  --haze-refresh 1 --threads 1 --state-dir "$STATE" --save-every 250 ${RESUME:-}
+
+# Evaluation on the held-out photos (moderate haze, seed 0); --store writes it into the model file.
+has eval && td eval --weights "$STATE/dehaze.safetensors" --clean .train_state/data/heldout --density moderate \
+  --seed 0 --sampler posterior --json "$STATE/eval.json" --save-images "$STATE/eval" --store --threads 1

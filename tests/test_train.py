@@ -1,0 +1,164 @@
+"""Training and evaluation (tilediff.train, tilediff.train_cli) on tiny networks and images."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tilediff import train as T
+from tilediff.restorer import Restorer
+from tilediff.weights import load_model, read_metadata
+
+TINY_COMPRESSOR = {"in_ch": 3, "out_ch": 3, "ch": 4, "ch_mult": [1, 2], "embed_dim": 4}
+TINY_NOISE = {"img_channel": 4, "width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
+
+
+def _smooth_image(rng, h, w):
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (a * xx + b * yy) + c)
+                    for a, b, c in rng.uniform(0.3, 2.0, size=(3, 3))], axis=2)
+    img[h // 4: h // 2, w // 4: w // 2] *= 0.5  # an edge
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and do not fight a busy machine's other jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clean")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(64, 80), (72, 64), (48, 56)]):
+        T.write_rgb(d / f"img{i}.png", _smooth_image(rng, h, w))
+    return d
+
+
+def _config(folder, state_dir, iters=3):
+    stage = dict(batch=2, crop=32, warmup=1, save_every=2, ema_every=1, log_every=1)
+    return T.TrainConfig(clean=str(folder), compressor_config=dict(TINY_COMPRESSOR), noise_config=dict(TINY_NOISE),
+                         compressor=T.StageConfig(iters=iters, optimizer="adamw", lr=1e-3, **stage),
+                         noise=T.StageConfig(iters=iters, optimizer="lion", lr=1e-4, **stage),
+                         threads=None, state_dir=str(state_dir), progress=False, command="pytest")
+
+
+def test_train_both_stages_gives_a_model_that_restores(folder, tmp_path):
+    cfg = _config(folder, tmp_path / "state")
+    out = T.train(cfg, tmp_path / "model.safetensors", stage="both")
+    model = load_model(out)
+    assert model.task == "dehaze" and model.compressor is not None
+    meta = read_metadata(out)
+    assert meta["training"]["compressor"]["iters"] == 3 and meta["training"]["noise"]["iters"] == 3
+    assert meta["training"]["data"]["kind"] == "synthetic haze"
+    assert meta["sde"]["max_sigma"] == 50
+    img = _smooth_image(np.random.default_rng(1), 40, 36)
+    restored = Restorer(weights=out, device="cpu").restore(img, steps=3, seed=0)
+    assert restored.shape == (40, 36, 3) and restored.dtype == np.float32
+    assert np.isfinite(restored).all()
+
+
+def test_resume_continues_from_the_saved_step(folder, tmp_path):
+    state = tmp_path / "state"
+    first, hist1 = T.train_compressor(_config(folder, state, iters=3), tmp_path / "c.safetensors")
+    ck = T.load_checkpoint(state / "compressor.ckpt")
+    assert ck["step"] == 3 and len(ck["history"]) == 3
+    _, hist2 = T.train_compressor(_config(folder, state, iters=5), tmp_path / "c.safetensors", resume=True)
+    assert len(hist2) == 5 and hist2[:3] == hist1
+    ck = T.load_checkpoint(state / "compressor.ckpt")
+    assert ck["step"] == 5 and ck["done"]
+    # the noise stage resumes the same way
+    _, n1 = T.train_noise(_config(folder, state, iters=2), tmp_path / "c.safetensors", tmp_path / "m.safetensors")
+    _, n2 = T.train_noise(_config(folder, state, iters=4), tmp_path / "c.safetensors", tmp_path / "m.safetensors",
+                          resume=True)
+    assert n2[:2] == n1 and len(n2) == 4
+    assert T.load_checkpoint(state / "noise.ckpt")["step"] == 4
+
+
+def test_lion_step_matches_its_formula():
+    p0 = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    g1 = torch.tensor([0.3, -0.2, 0.0, 1.0])
+    g2 = torch.tensor([-1.0, -0.1, 0.5, -0.05])
+    lr, wd, b1, b2 = 0.1, 0.01, 0.9, 0.99
+    p = torch.nn.Parameter(p0.clone())
+    opt = T.Lion([p], lr=lr, betas=(b1, b2), weight_decay=wd)
+    m = torch.zeros(4)
+    expected = p0.clone()
+    for g in (g1, g2):
+        p.grad = g.clone()
+        opt.step()
+        expected = expected * (1 - lr * wd) - lr * torch.sign(b1 * m + (1 - b1) * g)
+        m = b2 * m + (1 - b2) * g
+        torch.testing.assert_close(p.detach(), expected)
+    torch.testing.assert_close(opt.state[p]["exp_avg"], m)
+
+
+def test_cosine_lr_and_ema():
+    assert T.cosine_lr(0, 100, 1.0, 0.0) == pytest.approx(1.0)
+    assert T.cosine_lr(50, 100, 1.0, 0.0) == pytest.approx(0.5)
+    assert T.cosine_lr(100, 100, 1.0, 0.1) == pytest.approx(0.1)
+    net = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = T.EMA(net, decay=0.5, every=2, warmup=False)
+    net.weight.data.fill_(1.0)
+    ema.update(net, step=0)      # not an update step
+    assert ema.shadow["weight"].sum() == 0
+    ema.update(net, step=1)
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((1, 2), 0.5))
+
+
+def test_eval_reports_per_image_and_mean(folder, tmp_path):
+    cfg = _config(folder, tmp_path / "state", iters=2)
+    model = T.train(cfg, tmp_path / "model.safetensors", stage="both")
+    imgs = [(f"t{i}.png", _smooth_image(np.random.default_rng(10 + i), 48, 40)) for i in range(2)]
+    res = T.evaluate(model, imgs, steps=2, seed=3)
+    assert [r["name"] for r in res["per_image"]] == ["t0.png", "t1.png"]
+    for row in res["per_image"] + [res["mean"]]:
+        for k in ("hazy_psnr", "dcp_psnr", "psnr"):
+            assert 3 < row[k] < 60
+        for k in ("hazy_ssim", "dcp_ssim", "ssim"):
+            assert -1 <= row[k] <= 1
+    assert res["mean"]["hazy_psnr"] == pytest.approx(np.mean([r["hazy_psnr"] for r in res["per_image"]]), abs=1e-3)
+    # the haze is deterministic: the same seed gives the same hazy input
+    assert T.evaluate(model, imgs[:1], steps=1, seed=3, baseline=False)["per_image"][0]["hazy_psnr"] == \
+        res["per_image"][0]["hazy_psnr"]
+    assert "| **mean** |" in T.markdown_table(res)
+
+
+def test_cli_train_and_eval(folder, tmp_path):
+    from tilediff.train_cli import eval_cmd, train_cmd
+    out = tmp_path / "m.safetensors"
+    runner = CliRunner()
+    args = ["--clean", str(folder), "--out", str(out), "--iters", "2", "--batch", "2", "--crop", "32",
+            "--noise-crop", "32", "--ch", "4", "--ch-mult", "1,2", "--embed-dim", "4", "--width", "8",
+            "--enc-blocks", "1,1", "--dec-blocks", "1,1", "--threads", "0", "--max-sigma", "30",
+            "--state-dir", str(tmp_path / "st"), "--no-progress"]
+    r = runner.invoke(train_cmd, args)
+    assert r.exit_code == 0, r.output
+    assert read_metadata(out)["sde"]["max_sigma"] == 30
+    assert read_metadata(out)["training"]["command"][0].startswith("tilediff train ")
+    r = runner.invoke(eval_cmd, ["--weights", str(out), "--clean", str(folder), "--steps", "2",
+                                 "--json", str(tmp_path / "e.json"), "--store"])
+    assert r.exit_code == 0, r.output
+    assert "| **mean** |" in r.output
+    assert len(json.loads((tmp_path / "e.json").read_text())["per_image"]) == 3
+    assert read_metadata(out)["quality"]["mean"]["psnr"] > 0
+
+
+def test_skip_dropout_zeroes_whole_samples():
+    from tilediff.models import build
+    net = build("compressor", TINY_COMPRESSOR)
+    _, hidden = net.encode(torch.rand(4, 3, 32, 32))
+    torch.manual_seed(0)
+    dropped = T.drop_skips(hidden, 0.5)
+    assert dropped.image_size == hidden.image_size and len(dropped) == len(hidden)
+    zero = [bool((d[i] == 0).all()) for i in range(4) for d in dropped[:1]]
+    for d, h in zip(dropped, hidden):
+        for i in range(4):
+            assert (d[i] == 0).all() if zero[i] else torch.equal(d[i], h[i])
+    assert all(torch.equal(d, h) for d, h in zip(T.drop_skips(hidden, 0.0), hidden))
