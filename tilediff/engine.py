@@ -18,7 +18,7 @@ import torch
 
 from . import sde
 from .noise import START_STEP, PositionalNoise
-from .tiled_compressor import TiledCompressor, encoder_halo, finest_decode_halo
+from .tiled_compressor import TiledCompressor, encoder_halo, finest_decode_halo, is_out_of_memory
 from .tiling import blend_window, grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -309,10 +309,6 @@ def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, repo
     return noise_fn
 
 
-def _is_oom(err):
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
     """Restore a (1, C, H, W) host canvas; returns the restored (1, C, H, W) canvas clamped to [0, 1]."""
     if options.sampler not in sde.SAMPLERS:
@@ -391,7 +387,7 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
             try:
                 return current[0](x_t, t)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-                if not _is_oom(err) or (plan.noise_mode == "tiled" and plan.noise_tile <= 16):
+                if not is_out_of_memory(err) or (plan.noise_mode == "tiled" and plan.noise_tile <= 16):
                     raise
                 torch.cuda.empty_cache()
                 _halve_noise_tiles(plan)

@@ -26,6 +26,11 @@ from .models.compressor import reflect_index
 from .tiling import partition
 
 
+def is_out_of_memory(err):
+    """A CUDA out-of-memory error (the typed one, or a RuntimeError saying so)."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 def padded_region(image, region, padded_hw):
     """The region of the reflect-padded image (padding right/bottom to ``padded_hw``) as a tensor."""
     _, _, h, w = image.shape
@@ -94,7 +99,7 @@ class TiledCompressor:
             try:
                 return run_pass()
             except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-                if "out of memory" not in str(err).lower() or self.tile <= 1:
+                if not is_out_of_memory(err) or self.tile <= 1:
                     raise
                 torch.cuda.empty_cache()
                 self.tile = max(1, self.tile // 2)
