@@ -26,6 +26,11 @@ from .models.compressor import reflect_index
 from .tiling import partition
 
 
+# Host canvases are channels-last like the tiles, so that slicing a region out of them and storing a
+# tile's core back are plain copies rather than layout transposes.
+CL = torch.channels_last
+
+
 def is_out_of_memory(err):
     """A CUDA out-of-memory error (the typed one, or a RuntimeError saying so)."""
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
@@ -178,7 +183,7 @@ class TiledCompressor:
             region = core.grow(halo, h, w)
             y = fn(*[self._dev(t[:, :, region.y0:region.y1, region.x0:region.x1]) for t in inputs])
             if out is None:
-                out = torch.empty(1, y.shape[1], h, w)
+                out = torch.empty(1, y.shape[1], h, w, memory_format=CL)
             ys, xs = core.relative_to(region)
             out[:, :, core.y0:core.y1, core.x0:core.x1] = self._host(y[:, :, ys, xs])
             self._report(stage, i + 1, len(tiles))
@@ -194,7 +199,7 @@ class TiledCompressor:
         n_hidden = 1 + 2 * self.depth
         shapes = self._hidden_shapes(canvas)
         keep = [self._level_of(i) >= self.recompute_levels for i in range(n_hidden)]
-        skips = [torch.empty(s, dtype=self.skip_dtype if k else torch.float32) if k else None
+        skips = [torch.empty(s, dtype=self.skip_dtype, memory_format=CL) if k else None
                  for s, k in zip(shapes, keep)]
         if self.keep_skips:   # (recomputing only the finest levels still uses the level-by-level pass)
             deepest_pre_attention = self._retry(lambda: self._encode_level_by_level(image, canvas, skips))
@@ -221,7 +226,7 @@ class TiledCompressor:
             for j, tensor in enumerate(hidden[:-1]):
                 self._store(skips, j, tensor, self._level_of(j), core, region)
             if deepest_pre_attention is None:
-                deepest_pre_attention = torch.empty(1, hidden[-1].shape[1], dh, dw)
+                deepest_pre_attention = torch.empty(1, hidden[-1].shape[1], dh, dw, memory_format=CL)
             deepest_pre_attention[..., core.y0:core.y1, core.x0:core.x1] = \
                 self._host(self._crop(hidden[-1], self.depth - 1, core, region))
             self._report("encode", i + 1, len(tiles))
@@ -265,7 +270,7 @@ class TiledCompressor:
                     y, y_level = down(x), level + 1
                 if out is None:
                     s2 = self._level_scale(y_level)
-                    out = torch.empty(1, y.shape[1], dh * s2, dw * s2)
+                    out = torch.empty(1, y.shape[1], dh * s2, dw * s2, memory_format=CL)
                 out[(slice(None), slice(None)) + core.scaled(self._level_scale(y_level)).slices] = \
                     self._host(self._crop(y, y_level, core, region))
                 self._report("encode", level * len(tiles) + i + 1, total)
@@ -324,7 +329,7 @@ class TiledCompressor:
             out = torch.empty(1, self.net.final_conv.out_channels, *canvas.image_hw)
         else:
             out = torch.empty(1, block2.block2.proj.out_channels, dh * scale, dw * scale,
-                              dtype=self.level_dtype)
+                              dtype=self.level_dtype, memory_format=CL)
         prev_scale = self._level_scale(level + 1)
         for i, core in enumerate(tiles):
             region = core.grow(halo, dh, dw)
