@@ -114,7 +114,7 @@ def build_parser():
     p.add_argument("--tag", default=None, help="file name suffix (default quick / scaling / bench)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--replot", metavar="JSON", default=None,
-                   help="only rewrite the markdown and plot of an earlier result file")
+                   help="re-analyse an earlier result file from its raw runs and rewrite its markdown and plot")
     p.add_argument("--tmp-dir", default=None, help="where test images and model files go (default the system's)")
     return p
 
@@ -283,12 +283,28 @@ def build_report(args, sizes, configs, model_info, runs, command, notes):
     return rep
 
 
+def reanalyse(rep):
+    """Recompute results, ratios, scaling and check of a report from its raw runs."""
+    settings = rep["settings"]
+    rep["results"] = analysis.aggregate(rep["runs"], settings["steps"])
+    check = rep.get("check")
+    limits = (check["max_memory_ratio"], check["max_time_ratio"]) if check else (None, None)
+    rep["ratios"] = analysis.ratios(rep["results"], rep["runs"], *limits)
+    if "scaling" in rep or settings.get("scaling") or len(settings["sizes"]) >= 3:
+        rep["scaling"] = analysis.scaling(rep["results"], models.canvas_bytes_per_pixel(rep["model"]["compressor_config"]))
+    if check:
+        checks = [e["check"] for e in rep["ratios"] if "check" in e]
+        check.update(passed=bool(checks) and all(c["passed"] for c in checks), compared=len(checks))
+    _note_code_versions(rep)
+    return rep
+
+
 def replot(path):
     """Rewrite the markdown report and the plot beside an earlier JSON result file."""
     import json
     path = Path(path)
     rep = json.loads(path.read_text())
-    _note_code_versions(rep)
+    reanalyse(rep)
     png = report.plot(path.with_suffix(".png"), rep)
     if png is None:
         print("matplotlib is not installed: no plot (pip install 'tilediff[bench]')")
@@ -320,8 +336,9 @@ def main(argv=None):
             if not any(c[1] == "whole" for c in configs):
                 notes.append("no reference mode in this run: no ratios")
             notes.append("each (size, mode, repeat) ran in its own process; reference and engine runs are "
-                         "interleaved; on a shared machine wall times are noisy: compare the paired ratios "
-                         "and the CPU times")
+                         "interleaved; on a shared machine wall times are noisy (the tiled engine's many "
+                         "smaller operations suffer more from oversubscribed cores): compare the paired and "
+                         "best-of ratios, and read the load average")
             try:
                 model_info = models.prepare_model(kind, workdir, seed=args.seed)
             except models.ModelUnavailable as err:

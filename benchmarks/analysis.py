@@ -110,6 +110,7 @@ def ratios(results, runs, max_memory_ratio=None, max_time_ratio=None):
             "stage_cpu_time_ratio": {s: _ratio(r["cpu_seconds"].get(s), ref["cpu_seconds"].get(s))
                                      for s in ("encode", "sample", "decode")},
             "time_ratio_paired": _paired(runs, r["size"], r["config"]),
+            "time_ratio_best": _ratio(r["seconds_min"]["total"], ref["seconds_min"]["total"]),
             "peak_rss_ratio": _ratio(r["peak_rss_bytes"], ref["peak_rss_bytes"]),
             "working_rss_ratio": _ratio(r["working_rss_bytes"], ref["working_rss_bytes"]),
             "cuda_max_allocated_ratio": _ratio(r.get("cuda_max_allocated_bytes"), ref.get("cuda_max_allocated_bytes")),
@@ -146,6 +147,11 @@ def check(entry, max_memory_ratio, max_time_ratio):
         result["time_ratio"] = time_ratio
         result["time_limit"] = max_time_ratio
         result["time_ok"] = time_ratio is not None and time_ratio <= max_time_ratio
+        # best of the repeats: on a loaded machine noise only adds time, so the fastest runs are
+        # the closest to the intrinsic cost (reported beside the median, not used for 'passed')
+        best = entry.get("time_ratio_best")
+        result["time_ratio_best"] = best
+        result["time_best_within_limit"] = best is not None and best <= max_time_ratio
     result["passed"] = all(v for k, v in result.items() if k.endswith("_ok"))
     return result
 
@@ -191,16 +197,17 @@ def verdict(fits, floor_mb):
         mem = fit["peak_rss_mb"]
         slope = mem["slope_per_mp"]
         excess = slope - floor_mb
-        flat = excess <= max(0.25 * floor_mb, 15)
-        text = (f"{config} ({len(fit['megapixels'])} sizes): memory {slope:.0f} MB/MP (r² {mem['r2']:.3f}, {mem['intercept']:.0f} MB at 0 MP)"
+        text = (f"{config} ({len(fit['megapixels'])} sizes): memory {slope:.0f} MB/MP (r² {mem['r2']:.3f}, "
+                f"{mem['intercept']:.0f} MB at 0 MP)"
                 + (f", {ref_mem / slope:.1f}× less per MP than the reference" if ref_mem and slope > 0 else "")
-                + f"; the image/latent canvases account for {floor_mb:.0f} MB/MP → ")
-        if flat:
-            text += "flat in image size apart from the canvases"
+                + f"; the pipeline's image/latent canvases account for {floor_mb:.0f} MB/MP → ")
+        if excess <= 0.5 * floor_mb:
+            text += f"flat in image size apart from the canvases ({max(excess, 0):.0f} MB/MP above them)"
         else:
-            kept = sorted({p["skips"] for p in fit["plans"] if p["skips"] in ("fp32", "fp16")})
+            largest = max(fit["plans"], key=lambda p: fit["megapixels"][fit["sizes"].index(p["size"])])
+            kept = largest["skips"] in ("fp32", "fp16")
             text += (f"NOT flat: {excess:.0f} MB/MP above the canvases"
-                     + (f" (the plan keeps {'/'.join(kept)} skip features on the host, "
+                     + (f" (at {largest['size']} the plan keeps {largest['skips']} skip features on the host, "
                         "which grow with the image; a lower --memory-budget makes it recompute them)"
                         if kept else ""))
         t = fit.get("total_seconds")

@@ -74,13 +74,14 @@ def prepare_model(kind, workdir, seed=0):
 
 
 def canvas_bytes_per_pixel(compressor_config, channels=3):
-    """Bytes per image pixel that any restoration of the whole image must hold on the host:
-    the float32 input and output (2 × C × 4), the 8-bit file buffers read and written (2 × C), the
-    latent canvases (6 × embed_dim × 4 per latent pixel) and the two deepest-level canvases of the
-    tiled compressor (2 × deepest channels × 4 per deepest pixel). It is the memory slope that
-    an engine cannot go below without streaming the image itself."""
+    """Bytes per image pixel that the read → restore → write pipeline holds whatever the engine
+    does: three float32 images (the decoded file, the CHW input tensor, the output: 3 × C × 4), the
+    8-bit file buffers read and written (2 × C), the latent canvases (6 × embed_dim × 4 per latent
+    pixel) and the two deepest-level canvases of the tiled compressor (2 × deepest channels × 4
+    per deepest pixel). It is the memory slope an engine cannot go below without streaming the
+    image itself."""
     depth = len(compressor_config["ch_mult"])
     unit_area = 4 ** (depth - 1)
     deepest = compressor_config["ch"] * compressor_config["ch_mult"][-1]
-    return (2 * channels * 4 + 2 * channels + 6 * compressor_config["embed_dim"] * 4 / unit_area
+    return (3 * channels * 4 + 2 * channels + 6 * compressor_config["embed_dim"] * 4 / unit_area
             + 2 * deepest * 4 / unit_area)

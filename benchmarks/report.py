@@ -51,7 +51,7 @@ def result_rows(results, cuda=False):
             note = r["status"]
             if r.get("error"):
                 note = r["error"] if r["error"].startswith(note) else f"{note}: {short_error(r['error'])}"
-            row = [r["size"], f"{r['megapixels']:.2f}", r["config"], note, *["–"] * len(STAGE_COLUMNS),
+            row = [r["size"], f"{r['megapixels']:.2f}", r["config"], short_error(note, 90), *["–"] * len(STAGE_COLUMNS),
                    "–", "–", _gb(r.get("peak_rss_bytes")) if r["status"] in ("oom", "oom-killed") else "–", "–"]
             if cuda:
                 row += ["–", "–"]
@@ -61,19 +61,20 @@ def result_rows(results, cuda=False):
 
 
 def ratio_rows(ratios):
-    header = ["size", "mode", "time ×", "paired time ×", "CPU time ×", "encode ×", "sample ×", "decode ×",
+    header = ["size", "mode", "time ×", "paired time ×", "best-of time ×", "CPU time ×", "encode ×", "sample ×", "decode ×",
               "CPU enc/samp/dec ×", "peak RSS ×", "working ×", "check"]
     rows = []
     for e in ratios:
         if "note" in e:
             rows.append([e["size"], e["config"], short_error(e["note"], 90, prefix=e["note"].split(":")[0] + ": ")]
-                        + ["–"] * 9)
+                        + ["–"] * 10)
             continue
         st = e["stage_time_ratio"]
         check = e.get("check")
         check_text = "–" if not check else ("PASS" if check["passed"] else "FAIL") + "".join(
             f" {k[:-3]}:{'ok' if v else 'over'}" for k, v in check.items() if k.endswith("_ok"))
         rows.append([e["size"], e["config"], _x(e["time_ratio"]), _x(e["time_ratio_paired"]),
+                     _x(e.get("time_ratio_best")),
                      _x(e["cpu_time_ratio"]), _x(st["encode"]), _x(st["sample"]), _x(st["decode"]),
                      "/".join("–" if v is None else f"{v:.2f}"
                               for v in (e.get("stage_cpu_time_ratio") or {}).values()) or "–",
@@ -159,7 +160,8 @@ def markdown(report):
                          _s(mem and mem["r2"], 3), _s(t and t["slope_per_mp"], 2), _s(t and t["intercept"], 1),
                          _s(t and t["r2"], 3)])
         lines += [markdown_table(header, rows), "",
-                  f"Canvas floor (float32 input/output, 8-bit file buffers, latent and deepest canvases): "
+                  f"Canvas floor (three float32 images: decoded file, input tensor, output; 8-bit file buffers; "
+                  f"latent and deepest canvases): "
                   f"{sc['canvas_floor_mb_per_mp']:.0f} MB/MP.", ""]
         lines += [f"- {v}" for v in sc["verdict"]]
     if report.get("plot"):
