@@ -184,7 +184,8 @@ def run_suite(args, sizes, configs, model_info, workdir, log=print):
                     if size in skipped_reference:
                         continue
                     if reference_failed and mp >= reference_failed[0]:
-                        skip = f"skipped: the reference ran out of memory at {reference_failed[1]} ({reference_failed[2]})"
+                        skip = (f"skipped: the reference ran out of memory at {reference_failed[1]} "
+                                f"({reference_failed[2]})")
                     elif not args.no_skip:
                         measured = [(r["megapixels"], r["peak_rss_bytes"]) for r in runs
                                     if r["config"] == "whole" and r["status"] == "ok" and r.get("peak_rss_bytes")]
@@ -206,7 +207,8 @@ def run_suite(args, sizes, configs, model_info, workdir, log=print):
                         continue
                 spec = {"model": model_info["path"], "image": str(images[(w, h)]),
                         "output": str(Path(workdir) / f"out_{size}_{label.replace('@', '_')}.tif"),
-                        "width": w, "height": h, "mode": mode, "memory_budget": budget, "steps": args.steps, "sampler": args.sampler,
+                        "width": w, "height": h, "mode": mode, "memory_budget": budget, "steps": args.steps,
+                        "sampler": args.sampler,
                         "seed": args.seed, "device": args.device, "precision": args.precision,
                         "threads": args.threads, "warmup": args.warmup,
                         "tile": None if mode == "whole" else args.tile,
@@ -291,7 +293,8 @@ def reanalyse(rep):
     limits = (check["max_memory_ratio"], check["max_time_ratio"]) if check else (None, None)
     rep["ratios"] = analysis.ratios(rep["results"], rep["runs"], *limits)
     if "scaling" in rep or settings.get("scaling") or len(settings["sizes"]) >= 3:
-        rep["scaling"] = analysis.scaling(rep["results"], models.canvas_bytes_per_pixel(rep["model"]["compressor_config"]))
+        floor = models.canvas_bytes_per_pixel(rep["model"]["compressor_config"])
+        rep["scaling"] = analysis.scaling(rep["results"], floor)
     if check:
         checks = [e["check"] for e in rep["ratios"] if "check" in e]
         check.update(passed=bool(checks) and all(c["passed"] for c in checks), compared=len(checks))

@@ -51,7 +51,8 @@ def result_rows(results, cuda=False):
             note = r["status"]
             if r.get("error"):
                 note = r["error"] if r["error"].startswith(note) else f"{note}: {short_error(r['error'])}"
-            row = [r["size"], f"{r['megapixels']:.2f}", r["config"], short_error(note, 90), *["–"] * len(STAGE_COLUMNS),
+            row = [r["size"], f"{r['megapixels']:.2f}", r["config"], short_error(note, 90),
+                   *["–"] * len(STAGE_COLUMNS),
                    "–", "–", _gb(r.get("peak_rss_bytes")) if r["status"] in ("oom", "oom-killed") else "–", "–"]
             if cuda:
                 row += ["–", "–"]
@@ -61,8 +62,8 @@ def result_rows(results, cuda=False):
 
 
 def ratio_rows(ratios):
-    header = ["size", "mode", "time ×", "paired time ×", "best-of time ×", "CPU time ×", "encode ×", "sample ×", "decode ×",
-              "CPU enc/samp/dec ×", "peak RSS ×", "working ×", "check"]
+    header = ["size", "mode", "time ×", "paired time ×", "best-of time ×", "CPU time ×", "encode ×", "sample ×",
+              "decode ×", "CPU enc/samp/dec ×", "peak RSS ×", "working ×", "check"]
     rows = []
     for e in ratios:
         if "note" in e:
