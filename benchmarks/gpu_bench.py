@@ -438,6 +438,17 @@ def bench_network(args, dev, timer, deadline, results, compile_phase=False):
                         if run["fused_calls_per_forward"] == 0:
                             run["note"] = "the network did not call fused_nafblock_forward"
                         run["kernels_ms"] = timer(lambda: net(x, cond, t))
+                        try:   # the same forward captured once as a CUDA graph (as the sampler does)
+                            from tilediff.cuda_graphs import GraphedNoise
+                            graphed = GraphedNoise(lambda xx, tt: net(xx, cond, tt), dev)
+                            with torch.inference_mode():
+                                graphed(x, 50)
+                            if graphed.failed:
+                                run["graph_note"] = "capture failed (see stderr)"
+                            run["kernels_graph_ms"] = timer(lambda: graphed(x, 50))
+                            del graphed
+                        except Exception as exc:
+                            run["graph_note"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     net_res["runs"].append(run)
                 elif not args.no_compile and not args.dry_run:
                     if dname != args.dtypes[0] or deadline - time.time() < 150:
@@ -511,15 +522,17 @@ def markdown(results):
             lines.append(f"pending: {net['pending']}")
         else:
             lines += [f"config {json.dumps(net.get('config'))}, input {net.get('input_shape')}", "",
-                      "| dtype | eager ms | compile ms | kernels (TILEDIFF_KERNELS=1) ms | fused calls/forward | note |",
-                      "|---|---:|---:|---:|---:|---|"]
+                      "| dtype | eager ms | compile ms | kernels (TILEDIFF_KERNELS=1) ms | kernels + CUDA graph ms "
+                      "| fused calls/forward | note |",
+                      "|---|---:|---:|---:|---:|---:|---|"]
             merged = {}
             for r in net.get("runs", []):
                 merged.setdefault(r["dtype"], {}).update(r)
             for dname, r in merged.items():
                 lines.append(f"| {dname} | {_f(r.get('eager_ms'), '.2f')} | {_f(r.get('compile_ms'), '.2f')} | "
-                             f"{_f(r.get('kernels_ms'), '.2f')} | {r.get('fused_calls_per_forward', '—')} | "
-                             f"{r.get('error') or r.get('note') or r.get('skipped') or r.get('compile_skipped') or ''} |")
+                             f"{_f(r.get('kernels_ms'), '.2f')} | {_f(r.get('kernels_graph_ms'), '.2f')} | "
+                             f"{r.get('fused_calls_per_forward', '—')} | "
+                             f"{r.get('error') or r.get('note') or r.get('graph_note') or r.get('skipped') or r.get('compile_skipped') or ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [extra benchmarks/gpu_bench.py arguments...]
 #
-# 1. python -m pytest -q tests/test_kernels.py with TRITON_INTERPRET unset (kernels compiled for
+# 1. python -m pytest -q tests/test_kernels.py tests/test_cuda_graphs.py with TRITON_INTERPRET unset (kernels compiled for
 #    the GPU; the tests pick the cuda device).  If pytest is not installed, gpu_bench.py --verify
 #    does a fused-vs-reference check instead.
 # 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16).
@@ -65,8 +65,8 @@ PYTEST_RC=-1
 PYTEST_SUMMARY="not run"
 EXTRA_VERIFY=()
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
-    log "pytest tests/test_kernels.py (compiled, timeout ${PYTEST_TIMEOUT}s)"
-    timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels.py \
+    log "pytest tests/test_kernels.py tests/test_cuda_graphs.py (compiled, timeout ${PYTEST_TIMEOUT}s)"
+    timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels.py tests/test_cuda_graphs.py \
         > "$OUT_DIR/pytest_kernels.log" 2>&1
     PYTEST_RC=$?
     PYTEST_SUMMARY="$(grep -E '(passed|failed|error|skipped)' "$OUT_DIR/pytest_kernels.log" | tail -1)"

@@ -127,6 +127,9 @@ def markdown(report):
         "total = read → write. Peak RSS = the child's ru_maxrss (os.wait4); working = peak − resident "
         "set after model load and warm-up.",
     ]
+    allocators = {json.dumps(r["host_allocator"], sort_keys=True) for r in report["runs"] if r.get("host_allocator")}
+    if allocators:
+        lines.append("- host allocator (tilediff.host_memory, every mode alike): " + "; ".join(sorted(allocators)))
     for note in report.get("notes", []):
         lines.append(f"- note: {note}")
     lines += ["", "## Results", "", markdown_table(*result_rows(report["results"], cuda))]

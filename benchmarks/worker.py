@@ -101,7 +101,9 @@ def measure(spec):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
-    result = {"pid": os.getpid(), "torch_threads": torch.get_num_threads()}
+    from tilediff import host_memory
+    result = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+              "host_allocator": host_memory.configure()}
 
     def options(**overrides):
         kw = dict(steps=spec["steps"], sampler=spec.get("sampler", "sde"), seed=spec.get("seed", 0),

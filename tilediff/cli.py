@@ -194,6 +194,8 @@ def _summary_line(entry, device):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--memory-budget", help="Memory budget, e.g. 4GB (default: free device memory).")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="CUDA: capture one sampler step as a CUDA graph and replay it for every step.")
 @click.option("--src-lens", help="Bokeh: source lens, e.g. Sony50mmf16.0BS or an encoded number (160).")
 @click.option("--tgt-lens", help="Bokeh: target lens, e.g. Canon50mmf1.8BS or an encoded number (-18).")
 @click.option("--disparity", type=float, help="Bokeh: disparity (the meta file's number).")
@@ -208,7 +210,7 @@ def _summary_line(entry, device):
 @click.option("--dry-run", is_flag=True, help="Print the plan for each input and exit; nothing is restored or written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary lines; errors only.")
 def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, mode, tile, overlap, device,
-                precision, memory_budget, src_lens, tgt_lens, disparity, jpeg_quality, compression, pattern,
+                precision, memory_budget, cuda_graphs, src_lens, tgt_lens, disparity, jpeg_quality, compression, pattern,
                 recursive, overwrite, dry_run, quiet):
     """Restore images (TIFF, PNG, JPEG) or folders of them.
 
@@ -243,7 +245,8 @@ def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, mo
     compression = _compression_value(compression)
     budget = _parse_bytes(memory_budget) if memory_budget else None
     options = dict(steps=steps, sampler=sampler, seed=seed, mode=mode, tile=tile, overlap=overlap,
-                   memory_budget=budget, src_lens=src_lens, tgt_lens=tgt_lens, disparity=disparity)
+                   memory_budget=budget, cuda_graphs=cuda_graphs, src_lens=src_lens, tgt_lens=tgt_lens,
+                   disparity=disparity)
     if device != "auto":
         import torch
         try:

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 
 from . import sde
+from .cuda_graphs import GraphedNoise, graphs_available
+from .host_memory import release_free_memory
 from .noise import START_STEP, PositionalNoise
 from .tiled_compressor import TiledCompressor, encoder_halo, finest_decode_halo, is_out_of_memory
 from .tiling import blend_window, grid
@@ -39,6 +41,7 @@ class Options:
     progress: Callable | None = None  # progress(stage, done, total)
     compressor_tile: int | None = None  # in latent units; default from the budget
     batch: int | None = None          # noise tiles per network call; default from the budget
+    cuda_graphs: bool = True          # on CUDA, capture one step's noise-network work and replay it
     stats: dict = field(default_factory=dict)  # filled with per-stage seconds and the plan
 
 
@@ -184,7 +187,8 @@ def make_plan(model, image_hw, channels, options, device):
     if comp is not None:   # deepest-level canvases of the tiled compressor (two at a time, fp32)
         host_fixed += 4 * 2 * comp.decoder[0][0].block1.proj.out_channels * ch * cw
     on_host = device.type == "cpu"
-    fixed = host_fixed + weight_bytes if on_host else weight_bytes
+    # on a GPU the sampler's canvases (x_t, μ, ε, z and temporaries) live on the device too
+    fixed = host_fixed + weight_bytes if on_host else weight_bytes + 4 * 6 * cc * ch * cw
 
     room = budget - fixed
     whole_noise = noise_bytes(model.noise, ch, cw, 1, itemsize)
@@ -273,7 +277,7 @@ def _lens_kwargs(lens):
 
 
 def whole_noise_fn(net, mu, device, dtype, lens=None):
-    """noise_fn(x, t) -> ε of the whole canvas, computed in ``dtype`` on ``device``, returned float32 on the host."""
+    """noise_fn(x, t) -> ε of the whole canvas, computed in ``dtype`` on ``device``, returned float32 where x is."""
     mu_d = mu.to(device=device, dtype=dtype)
     kwargs = _lens_kwargs(lens)
 
@@ -287,8 +291,8 @@ def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, repo
     """noise_fn(x, t) -> ε blended from overlapping tiles (normalised raised-cosine weights)."""
     _, c, h, w = mu.shape
     tiles = grid(h, w, tile, overlap)
-    windows = [blend_window(t, tiles, h, w) for t in tiles]
-    weight_sum = torch.zeros(h, w)
+    windows = [blend_window(t, tiles, h, w).to(mu.device) for t in tiles]
+    weight_sum = torch.zeros(h, w, device=mu.device)
     for t, win in zip(tiles, windows):
         weight_sum[t.slices] += win
     kwargs = _lens_kwargs(lens)
@@ -300,7 +304,7 @@ def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, repo
             xs = torch.cat([x[(slice(None), slice(None)) + tiles[i].slices] for i in group])
             ms = torch.cat([mu[(slice(None), slice(None)) + tiles[i].slices] for i in group])
             out = net(xs.to(device=device, dtype=dtype), ms.to(device=device, dtype=dtype), t_step, **kwargs)
-            out = out.to(device="cpu", dtype=torch.float32)
+            out = out.to(device=x.device, dtype=torch.float32)
             for j, i in enumerate(group):
                 eps[(slice(None), slice(None)) + tiles[i].slices] += out[j:j + 1] * windows[i]
             if report is not None:
@@ -345,10 +349,12 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
             canvas = tiled.encode(x)
             mu = canvas.latent
         timings["encode"] = time.perf_counter() - start
+        release_free_memory()
 
         start = time.perf_counter()
         state = _sample_stage(model, mu, plan, options, device, dtype, lens, report)
         timings["sample"] = time.perf_counter() - start
+        release_free_memory()
 
         start = time.perf_counter()
         if model.compressor is None:
@@ -367,18 +373,32 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
 def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     """x_T = μ + λz, then the reverse sampler over the whole canvas; ε from the whole or tiled network.
 
-    On a CUDA out-of-memory error the noise tile is halved (whole → tiled first) and the step redone.
+    On a GPU the canvases stay on the device and, unless ``options.cuda_graphs`` is off, one step's
+    noise-network work (the whole canvas or every tile batch plus the blend) is captured as a CUDA
+    graph and replayed for each step. On a CUDA out-of-memory error the noise tile is halved (whole →
+    tiled first) and the step redone. Returns the final state on the host.
     """
     sch = schedule_for(model, options.steps)
     noise = PositionalNoise(options.seed)
     step_index = [0]
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        mu = mu.to(device)
+    use_graphs = options.cuda_graphs and graphs_available(device)
+    graph_info = options.stats.setdefault("cuda_graph", {"used": use_graphs, "captures": 0, "replays": 0})
 
     def make_noise_fn():
         if plan.noise_mode == "whole":
-            return whole_noise_fn(model.noise, mu, device, dtype, lens)
-        calls = -(-plan.noise_tiles // plan.noise_batch)
-        return tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap, plan.noise_batch,
-                              lens, report=lambda g, n: report("sample", step_index[0] * calls + g, sch.T * calls))
+            fn = whole_noise_fn(model.noise, mu, device, dtype, lens)
+        else:
+            calls = -(-plan.noise_tiles // plan.noise_batch)
+            fn = tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap,
+                                plan.noise_batch, lens,
+                                report=lambda g, n: report("sample", step_index[0] * calls + g, sch.T * calls))
+        if use_graphs:
+            graph_info["captures"] += 1
+            return GraphedNoise(fn, device)
+        return fn
 
     current = [make_noise_fn()]
 
@@ -389,17 +409,24 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
             except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
                 if not is_out_of_memory(err) or (plan.noise_mode == "tiled" and plan.noise_tile <= 16):
                     raise
+                current[0] = None
                 torch.cuda.empty_cache()
                 _halve_noise_tiles(plan)
                 current[0] = make_noise_fn()
 
     def callback(i, t):
         step_index[0] = i + 1
+        if isinstance(current[0], GraphedNoise):
+            graph_info["replays"] = current[0].replays
         if plan.noise_mode == "whole":
             report("sample", i + 1, sch.T)
+        elif use_graphs:   # a replayed step does not call back per tile batch
+            calls = -(-plan.noise_tiles // plan.noise_batch)
+            report("sample", (i + 1) * calls, sch.T * calls)
 
     state = sde.start_state(sch, mu, noise(START_STEP, mu))
-    return sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
+    state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
+    return state.cpu()
 
 
 def _halve_noise_tiles(plan):
