@@ -162,3 +162,28 @@ def test_skip_dropout_zeroes_whole_samples():
         for i in range(4):
             assert (d[i] == 0).all() if zero[i] else torch.equal(d[i], h[i])
     assert all(torch.equal(d, h) for d, h in zip(T.drop_skips(hidden, 0.0), hidden))
+
+
+def test_augment_rescales_and_jitters_within_its_ranges():
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:300, 0:400] / 400.0
+    img = np.stack([y, x, 0.5 * np.ones_like(x)], axis=2).astype(np.float32)
+    outs = [T.augment_clean(img, rng, 128) for _ in range(20)]
+    for out in outs:
+        assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+        assert 150 <= out.shape[0] <= 300 and 200 <= out.shape[1] <= 400 and min(out.shape[:2]) >= 128
+        assert abs(out.shape[1] / out.shape[0] - 4 / 3) < 0.02          # aspect kept
+    assert len({o.shape for o in outs}) > 5                             # sizes vary
+    means = [float(o.mean()) for o in outs]
+    assert max(means) - min(means) > 0.05                               # tones vary
+    # a crop larger than half the short side limits the downscale
+    assert min(T.augment_clean(img, rng, 280).shape[:2]) >= 280
+
+
+def test_haze_source_with_augment_gives_full_crops(folder):
+    src = T.make_source(clean=str(folder), augment=True)
+    assert src.description["augment"]
+    rng = np.random.default_rng(0)
+    lq, gt = T.batch(src, rng, 3, 32)
+    assert lq.shape == gt.shape == (3, 3, 32, 32)
+    assert (lq != gt).any() and torch.isfinite(lq).all()

@@ -232,26 +232,30 @@ class HazeSource:
     across a test image. Hazing costs ~50 ms per window, so crops come from a pool of ``pool`` hazed
     windows of which ``refresh_per_step`` are replaced at every step. A window is a random region
     between 2×crop and ``window`` pixels a side; with ``permute_channels`` the clean image's RGB
-    channels are randomly permuted first (more colours from few photos).
+    channels are randomly permuted first (more colours from few photos); with ``augment`` the clean
+    image is also rescaled and its tones jittered (``augment_clean``).
     """
 
     def __init__(self, clean_dir, density="moderate", pool=32, refresh_per_step=2, window=512,
-                 permute_channels=True):
+                 permute_channels=True, augment=False):
         self.files = list_images(clean_dir)
         self.images = [read_rgb(p) for p in self.files]
         self.density, self.pool_size, self.refresh_per_step = density, pool, refresh_per_step
-        self.window, self.permute_channels = window, permute_channels
+        self.window, self.permute_channels, self.augment = window, permute_channels, augment
         self.pool = []
         self.crop = None
         self.description = {"kind": "synthetic haze", "clean": str(clean_dir),
                             "images": [p.name for p in self.files], "density": density,
                             "haze": "tilediff.degrade.add_haze (atmospheric scattering, smooth random depth)",
-                            "channel_permutation": permute_channels}
+                            "channel_permutation": permute_channels,
+                            "augment": AUGMENT_TEXT if augment else None}
 
     def _window(self, rng, crop):
         img = self.images[int(rng.integers(len(self.images)))]
         if self.permute_channels and rng.random() < 0.5:
             img = img[..., rng.permutation(3)]
+        if self.augment:
+            img = augment_clean(img, rng, crop)
         img = _pad_to(img, crop)
         h, w = img.shape[:2]
         lo = min(2 * crop, h, w)
@@ -278,16 +282,41 @@ class HazeSource:
         return _flip([lq[y:y + crop, x:x + crop], gt[y:y + crop, x:x + crop]], rng)
 
 
+AUGMENT_TEXT = ("downscale 0.5-1x (area, at least the crop), gamma 0.7-1.4, saturation 0.6-1.3, "
+                "brightness 0.8-1.1, before hazing")
+
+
+def augment_clean(img, rng, crop):
+    """More scenes from few photos: a random downscale (objects at other sizes) and tone jitter.
+
+    Ranges in ``AUGMENT_TEXT``; applied to the clean image before hazing, so the haze model is unchanged.
+    """
+    h, w = img.shape[:2]
+    low = max(0.5, min(1.0, crop / min(h, w)))
+    scale = rng.uniform(low, 1.0)
+    if scale < 0.98:
+        t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+        size = (max(crop, round(h * scale)), max(crop, round(w * scale)))
+        img = torch.nn.functional.interpolate(t, size=size, mode="area")[0].numpy().transpose(1, 2, 0)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
+    gray = img.mean(axis=2, keepdims=True)
+    img = gray + (img - gray) * rng.uniform(0.6, 1.3)
+    img = img * rng.uniform(0.8, 1.1)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
 def add_haze_safe(clean, rng, density):
     from .degrade import add_haze
     return add_haze(clean, rng, density=density)
 
 
-def make_source(clean=None, lq=None, gt=None, density="moderate", permute_channels=True, haze_refresh=2):
+def make_source(clean=None, lq=None, gt=None, density="moderate", permute_channels=True, haze_refresh=2,
+                augment=False):
     if clean is not None and (lq is not None or gt is not None):
         raise ValueError("give either clean images (synthetic haze) or --lq and --gt folders, not both")
     if clean is not None:
-        return HazeSource(clean, density=density, permute_channels=permute_channels, refresh_per_step=haze_refresh)
+        return HazeSource(clean, density=density, permute_channels=permute_channels, refresh_per_step=haze_refresh,
+                          augment=augment)
     if lq is None or gt is None:
         raise ValueError("give clean images (--clean) or both --lq and --gt folders")
     return PairedSource(lq, gt)
@@ -338,6 +367,7 @@ class TrainConfig:
     density: str = "moderate"
     permute_channels: bool = True
     haze_refresh: int = 2         # hazed windows replaced in the pool per step
+    augment: bool = False         # rescale and tone-jitter clean images (augment_clean)
     compressor_config: dict = field(default_factory=lambda: dict(DEFAULT_COMPRESSOR))
     noise_config: dict = field(default_factory=lambda: dict(DEFAULT_NOISE))
     sde: dict | None = None       # None = the task's SDE settings
@@ -507,7 +537,8 @@ def compressor_loss(compressor, lq, gt, latent_weight, skip_dropout=0.0):
 def train_compressor(cfg: TrainConfig, out, resume=False, source=None):
     """Stage 1. Writes the compressor (EMA weights by default) to ``out``; returns its path."""
     _set_threads(cfg)
-    source = source or make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh)
+    source = source or make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh,
+                                   cfg.augment)
     torch.manual_seed(cfg.seed)
     net = build("compressor", cfg.compressor_config)
     state, summary, history = _run("compressor", net, lambda lq, gt: compressor_loss(net, lq, gt, cfg.latent_weight,
@@ -566,7 +597,8 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     """Stage 2. Writes the complete model file (noise network + its compressor) to ``out``."""
     from .weights import save_model
     _set_threads(cfg)
-    source = source or make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh)
+    source = source or make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh,
+                                   cfg.augment)
     compressor, comp_config, comp_training = load_compressor(compressor_path)
     for p in compressor.parameters():
         p.requires_grad_(False)
@@ -599,7 +631,8 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
 
 def train(cfg: TrainConfig, out, stage="both", resume=False):
     """Run one or both stages; returns the path of what was written (compressor file or model file)."""
-    source = make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh)
+    source = make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh,
+                                   cfg.augment)
     out = Path(out)
     if stage == "compressor":
         return train_compressor(cfg, out, resume, source)[0]

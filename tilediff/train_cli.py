@@ -77,13 +77,15 @@ def _command_line():
 @click.option("--threads", default=1, show_default=True, type=int, help="torch threads (0: torch's default).")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Checkpoints (default: .train_state/<out name>).")
+@click.option("--augment", is_flag=True,
+              help="With --clean: also rescale (0.5-1x) and tone-jitter the clean images before hazing.")
 @click.option("--save-every", default=200, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in the state folder.")
 @click.option("--no-progress", is_flag=True)
 def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, compressor_iters, noise_iters,
               batch, crop, noise_crop, optimizer, noise_optimizer, lr, noise_lr, min_lr, warmup, weight_decay,
               latent_weight, skip_dropout, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
-              middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, save_every, resume, no_progress):
+              middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, augment, save_every, resume, no_progress):
     """Train a latent Refusion model (compressor, then noise network) from paired or clean images.
 
     \b
@@ -109,7 +111,7 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
                   ema_every=ema_every, use_ema=not no_ema, save_every=save_every)
     cfg = T.TrainConfig(
         task=task_obj.name, clean=clean, lq=lq, gt=gt, density=density, permute_channels=not no_permute,
-        haze_refresh=haze_refresh,
+        haze_refresh=haze_refresh, augment=augment,
         compressor_config={"in_ch": 3, "out_ch": 3, "ch": ch, "ch_mult": _ints(ch_mult), "embed_dim": embed_dim},
         noise_config={"img_channel": embed_dim, "width": width, "enc_blk_nums": _ints(enc_blocks),
                       "middle_blk_num": middle_blocks, "dec_blk_nums": _ints(dec_blocks)},
