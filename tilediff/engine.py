@@ -272,14 +272,17 @@ def schedule_for(model, steps=None):
     return sde.make_schedule(**cfg)
 
 
-def _lens_kwargs(lens):
-    return {} if lens is None else dict(src_lens=lens[0], tgt_lens=lens[1], disparity=lens[2])
+def _lens_kwargs(lens, device):
+    """Bokeh lens numbers as (1,) tensors on the device, made once (a CUDA graph cannot copy them in)."""
+    if lens is None:
+        return {}
+    return {k: torch.tensor([float(v)], device=device) for k, v in zip(("src_lens", "tgt_lens", "disparity"), lens)}
 
 
 def whole_noise_fn(net, mu, device, dtype, lens=None):
     """noise_fn(x, t) -> ε of the whole canvas, computed in ``dtype`` on ``device``, returned float32 where x is."""
     mu_d = mu.to(device=device, dtype=dtype)
-    kwargs = _lens_kwargs(lens)
+    kwargs = _lens_kwargs(lens, device)
 
     def noise_fn(x, t):
         eps = net(x.to(device=device, dtype=dtype), mu_d, t, **kwargs)
@@ -295,7 +298,7 @@ def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, repo
     weight_sum = torch.zeros(h, w, device=mu.device)
     for t, win in zip(tiles, windows):
         weight_sum[t.slices] += win
-    kwargs = _lens_kwargs(lens)
+    kwargs = _lens_kwargs(lens, device)
     groups = [list(range(i, min(i + batch, len(tiles)))) for i in range(0, len(tiles), batch)]
 
     def noise_fn(x, t_step):
@@ -385,7 +388,7 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     if on_gpu:
         mu = mu.to(device)
     use_graphs = options.cuda_graphs and graphs_available(device)
-    graph_info = options.stats.setdefault("cuda_graph", {"used": use_graphs, "captures": 0, "replays": 0})
+    graph_info = options.stats["cuda_graph"] = {"used": use_graphs, "captures": 0, "replays": 0}
 
     def make_noise_fn():
         if plan.noise_mode == "whole":
@@ -418,6 +421,7 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
         step_index[0] = i + 1
         if isinstance(current[0], GraphedNoise):
             graph_info["replays"] = current[0].replays
+            graph_info["used"] = not current[0].failed   # capture failed: eager from then on
         if plan.noise_mode == "whole":
             report("sample", i + 1, sch.T)
         elif use_graphs:   # a replayed step does not call back per tile batch
