@@ -134,6 +134,27 @@ def test_small_budget_picks_tiles_and_recomputed_skips(zero_noise_restorer):
     assert tiny.skips == "recompute"
 
 
+def test_model_file_noise_tile_is_the_auto_default(zero_noise_restorer):
+    model = zero_noise_restorer.model
+    cpu = torch.device("cpu")
+    before = dict(model.metadata)
+    try:
+        model.metadata.update(noise_tile=32, noise_overlap=16)
+        auto = engine.make_plan(model, (480, 640), 3, engine.Options(), cpu)
+        assert (auto.noise_mode, auto.noise_tile, auto.noise_overlap) == ("tiled", 32, 16)
+        assert auto.noise_tiles == 12 and auto.noise_tile_from_model            # 60x80 latent: 3 x 4 tiles
+        assert "the size the model was trained on" in auto.describe()
+        whole = engine.make_plan(model, (480, 640), 3, engine.Options(mode="whole"), cpu)
+        assert whole.noise_mode == "whole"                                      # the reference stays the reference
+        mine = engine.make_plan(model, (480, 640), 3, engine.Options(tile=48, overlap=8), cpu)
+        assert (mine.noise_tile, mine.noise_overlap, mine.noise_tile_from_model) == (48, 8, False)
+        out = zero_noise_restorer.restore(np.full((40, 56, 3), 0.5, np.float32), steps=2)
+        assert out.shape == (40, 56, 3) and np.isfinite(out).all()            # canvas smaller than the tile
+    finally:
+        model.metadata.clear()
+        model.metadata.update(before)
+
+
 def test_tiny_images_restore(zero_noise_restorer):
     for shape in [(1, 37, 3), (7, 7, 3), (1, 1, 3)]:
         out = zero_noise_restorer.restore(np.full(shape, 0.5, np.float32), steps=1)

@@ -66,6 +66,7 @@ class Plan:
     steps: int
     budget: int
     expected_peak: int
+    noise_tile_from_model: bool = False   # the tile is the model file's training size ("noise_tile")
 
     def describe(self):
         h, w = self.image_hw
@@ -80,7 +81,8 @@ class Plan:
         if self.noise_mode == "whole":
             lines.append("sample: noise network on the whole canvas (exact)")
         else:
-            lines.append(f"sample: {self.noise_tiles} tiles of {self.noise_tile} with overlap {self.noise_overlap}, "
+            lines.append(f"sample: {self.noise_tiles} tiles of {self.noise_tile} with overlap {self.noise_overlap}"
+                         f"{' (the size the model was trained on)' if self.noise_tile_from_model else ''}, "
                          f"batch {self.noise_batch} ({-(-self.noise_tiles // self.noise_batch)} calls per step)")
         lines.append(f"expected peak memory {self.expected_peak / GB:.2f} GB of a {self.budget / GB:.2f} GB budget"
                      + (" (over budget: the image and output canvases alone need more)"
@@ -192,7 +194,15 @@ def make_plan(model, image_hw, channels, options, device):
 
     room = budget - fixed
     whole_noise = noise_bytes(model.noise, ch, cw, 1, itemsize)
-    force_tiles = options.mode == "tiled" or options.tile is not None
+    # a model file may name the noise tile it was trained for ("noise_tile"/"noise_overlap": a network
+    # trained on small crops pools its channel attention over crops of that size); 'auto' uses it
+    tile, tile_overlap, model_tile = options.tile, options.overlap, False
+    preferred = (getattr(model, "metadata", None) or {}).get("noise_tile")
+    if tile is None and options.mode == "auto" and preferred:
+        tile, model_tile = int(preferred), True
+        if tile_overlap is None and model.metadata.get("noise_overlap") is not None:
+            tile_overlap = int(model.metadata["noise_overlap"])
+    force_tiles = options.mode == "tiled" or tile is not None
     want_whole_noise = options.mode == "whole" or not force_tiles
 
     # compressor: the kept skips stay resident through sampling, so they are chosen together with
@@ -246,9 +256,9 @@ def make_plan(model, image_hw, channels, options, device):
     else:
         noise_mode = "tiled"
         noise_room = max(room_noise, budget / 8)   # over budget: still tiles of a sensible size
-        ntile = options.tile or next((t for t in NOISE_TILES if noise_bytes(model.noise, t, t, 1, itemsize) <= noise_room),
-                                     NOISE_TILES[-1])
-        overlap = options.overlap if options.overlap is not None else max(ntile // 4, 1)
+        ntile = tile or next((t for t in NOISE_TILES if noise_bytes(model.noise, t, t, 1, itemsize) <= noise_room),
+                             NOISE_TILES[-1])
+        overlap = tile_overlap if tile_overlap is not None else max(ntile // 4, 1)
         if overlap >= ntile:
             raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({ntile})")
         tiles = grid(ch, cw, ntile, overlap)
@@ -258,7 +268,8 @@ def make_plan(model, image_hw, channels, options, device):
         noise_peak = resident_skips + per_tile * batch
     expected = fixed + max(comp_peak, noise_peak)
     return Plan((h, w), (ch, cw), cc, comp is not None, compressor_mode, ctile, skips, comp_tiles, comp_tiles,
-                noise_mode, ntile, overlap, batch, ntiles, sch_T, budget, int(expected))
+                noise_mode, ntile, overlap, batch, ntiles, sch_T, budget, int(expected),
+                noise_tile_from_model=model_tile and noise_mode == "tiled")
 
 
 # ---- stages -----------------------------------------------------------------------------------

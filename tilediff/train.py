@@ -655,7 +655,9 @@ def update_metadata(path, **fields):
     tensors = load_file(str(path))
     noise = {k[6:]: v for k, v in tensors.items() if k.startswith("noise.")}
     comp = {k[11:]: v for k, v in tensors.items() if k.startswith("compressor.")} or None
-    extra = {k: meta[k] for k in ("training", "quality") if k in meta}
+    core = {"format", "task", "noise_variant", "noise_config", "compressor_config", "sde", "value_range",
+            "provenance", "description", "tensor_count"}
+    extra = {k: v for k, v in meta.items() if k not in core}   # training, quality, default_sampler, ...
     extra.update(fields)
     save_model(path, noise, meta["noise_variant"], meta["noise_config"], comp, meta["compressor_config"],
                task=meta["task"], sde=meta["sde"], provenance=meta.get("provenance"),

@@ -263,6 +263,11 @@ def describe(path):
     lines.append(f"  value range: [{meta['value_range'].replace(',', ', ')}]")
     if meta.get("description"):
         lines.append(f"  description: {meta['description']}")
+    if meta.get("default_sampler"):
+        lines.append(f"  sampler:     {meta['default_sampler']} (used when --sampler is not given)")
+    if meta.get("noise_tile"):
+        lines.append(f"  noise tile:  {meta['noise_tile']} latent units, overlap {meta.get('noise_overlap', 'default')} "
+                     "(the training crop; --mode auto evaluates the noise network on such tiles)")
     for key in ("provenance", "training", "quality"):
         if meta.get(key):
             lines.append(f"  {key + ':':12} {json.dumps(meta[key])}")
