@@ -11,16 +11,18 @@ host synchronisation (the whole-canvas and tiled noise functions of ``tilediff.e
 capture fails (an op that cannot be captured, a driver without graph support) it says so once on
 stderr and runs eagerly; out-of-memory errors are raised so the engine can shrink its tiles.
 """
+import os
 import sys
 
 import torch
+
+from .tiled_compressor import is_out_of_memory
 
 WARMUP_CALLS = 2   # eager calls on a side stream before capture (cuDNN/Triton autotuning, allocator)
 
 
 def graphs_available(device):
     """CUDA graphs need a CUDA device; ``TILEDIFF_CUDA_GRAPHS=0`` turns them off everywhere."""
-    import os
     if os.environ.get("TILEDIFF_CUDA_GRAPHS", "1") == "0":
         return False
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
@@ -47,11 +49,8 @@ class GraphedNoise:
         if self.graph is None:
             try:
                 self._capture(x, t)
-            except torch.cuda.OutOfMemoryError:
-                self._reset()
-                raise
-            except RuntimeError as err:
-                if "out of memory" in str(err).lower():
+            except RuntimeError as err:   # torch.cuda.OutOfMemoryError is a RuntimeError
+                if is_out_of_memory(err):
                     self._reset()
                     raise
                 print(f"tilediff: CUDA graph capture failed ({str(err).splitlines()[0]}); "

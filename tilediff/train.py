@@ -322,6 +322,11 @@ def make_source(clean=None, lq=None, gt=None, density="moderate", permute_channe
     return PairedSource(lq, gt)
 
 
+def source_for(cfg):
+    """The training source a TrainConfig describes (clean images hazed on the fly, or LQ/GT pairs)."""
+    return make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh, cfg.augment)
+
+
 def batch(source, rng, size, crop):
     """(lq, gt) tensors of shape (size, 3, crop, crop)."""
     source.refresh(rng)
@@ -537,8 +542,7 @@ def compressor_loss(compressor, lq, gt, latent_weight, skip_dropout=0.0):
 def train_compressor(cfg: TrainConfig, out, resume=False, source=None):
     """Stage 1. Writes the compressor (EMA weights by default) to ``out``; returns its path."""
     _set_threads(cfg)
-    source = source or make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh,
-                                   cfg.augment)
+    source = source or source_for(cfg)
     torch.manual_seed(cfg.seed)
     net = build("compressor", cfg.compressor_config)
     state, summary, history = _run("compressor", net, lambda lq, gt: compressor_loss(net, lq, gt, cfg.latent_weight,
@@ -597,8 +601,7 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     """Stage 2. Writes the complete model file (noise network + its compressor) to ``out``."""
     from .weights import save_model
     _set_threads(cfg)
-    source = source or make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh,
-                                   cfg.augment)
+    source = source or source_for(cfg)
     compressor, comp_config, comp_training = load_compressor(compressor_path)
     for p in compressor.parameters():
         p.requires_grad_(False)
@@ -631,8 +634,7 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
 
 def train(cfg: TrainConfig, out, stage="both", resume=False):
     """Run one or both stages; returns the path of what was written (compressor file or model file)."""
-    source = make_source(cfg.clean, cfg.lq, cfg.gt, cfg.density, cfg.permute_channels, cfg.haze_refresh,
-                                   cfg.augment)
+    source = source_for(cfg)
     out = Path(out)
     if stage == "compressor":
         return train_compressor(cfg, out, resume, source)[0]
