@@ -322,10 +322,14 @@ def replot(path):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.replot:
         return replot(args.replot)
-    sizes, configs = resolve(args)
+    try:
+        sizes, configs = resolve(args)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        parser.error(str(e))   # one line and exit status 2, not a traceback
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ cmd = {"train": train_cmd, "eval": eval_cmd}[sys.argv[1]]; cmd(sys.argv[2:], pro
 }
 
 STATE=.train_state/dehaze
-STAGES=${STAGES:-"data compressor noise eval"}   # e.g. STAGES=noise RESUME=--resume scripts/train_dehaze.sh
+STAGES=${STAGES:-"data compressor noise finetune eval"}   # e.g. STAGES=noise RESUME=--resume scripts/train_dehaze.sh
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 mkdir -p "$STATE"
 has data && python scripts/prepare_skimage_data.py .train_state/data   # train/ (12 images) and heldout/ (4 photos)
@@ -31,6 +31,20 @@ has noise && td train --task dehaze --clean .train_state/data/train --stage nois
   --noise-iters 5000 --noise-crop 256 --batch 8 --noise-optimizer lion --noise-lr 2e-4 --warmup 100 \
   --max-sigma 30 --width 24 --enc-blocks 1,1,1,2 --middle-blocks 1 --dec-blocks 1,1,1,1 \
   --haze-refresh 1 --threads 1 --state-dir "$STATE" --save-every 250 ${RESUME:-}
+
+# Stage 3: fine-tune the noise network with the capped x̂0 error (tilediff.train.noise_loss): the MLE loss
+# alone left part of the haze in place. B: MLE + 0.05 × x̂0 error, 4000 iterations at lr 1e-4; E: the x̂0
+# error alone, 3000 more at lr 5e-5 (seed 2). Each round a fresh cosine schedule, EMA weights kept.
+if has finetune; then
+  common="--task dehaze --clean .train_state/data/train --stage noise --compressor $STATE/dehaze.safetensors
+    --noise-crop 256 --batch 8 --noise-optimizer lion --warmup 50 --max-sigma 30 --width 24 --enc-blocks 1,1,1,2
+    --middle-blocks 1 --dec-blocks 1,1,1,1 --haze-refresh 1 --threads 1 --save-every 250"
+  td train $common --out "$STATE/dehaze_ftB.safetensors" --init-noise "$STATE/dehaze.safetensors" \
+    --noise-loss mle+x0 --noise-iters 4000 --noise-lr 1e-4 --state-dir "$STATE/ftB" ${RESUME:-}
+  td train $common --out "$STATE/dehaze_ftE.safetensors" --init-noise "$STATE/dehaze_ftB.safetensors" \
+    --noise-loss x0 --noise-iters 3000 --noise-lr 5e-5 --seed 2 --state-dir "$STATE/ftE" ${RESUME:-}
+  cp "$STATE/dehaze_ftE.safetensors" "$STATE/dehaze.safetensors"
+fi
 
 # Evaluation on the held-out photos (moderate haze, seed 0); --store writes it into the model file.
 has eval && td eval --weights "$STATE/dehaze.safetensors" --clean .train_state/data/heldout --density moderate \

@@ -99,3 +99,15 @@ def test_parsing_and_prediction():
     assert predicted == pytest.approx(22 * gb) and "REFUSION" in basis
     predicted, _ = runner.predict_reference_peak(3.0, [(1.0, 1 * gb), (2.0, 2 * gb)])
     assert predicted == pytest.approx(3 * gb)
+
+
+def test_tilediff_bench_runs_the_suite_and_bad_options_give_one_error_line(tmp_path):
+    import subprocess
+    cli = [sys.executable, "-c", "from tilediff.cli import main; main()", "bench"]
+    shown = subprocess.run(cli + ["--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0 and "--quick" in shown.stdout and "--scaling" in shown.stdout
+    bad = subprocess.run(cli + ["--sizes", "10y3", "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].endswith("size '10y3': expected WIDTHxHEIGHT, e.g. 6000x4000")
+    assert not list(tmp_path.glob("*.json"))

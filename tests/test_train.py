@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tilediff import sde
 from tilediff import train as T
 from tilediff.restorer import Restorer
 from tilediff.weights import load_model, read_metadata
@@ -187,3 +188,59 @@ def test_haze_source_with_augment_gives_full_crops(folder):
     lq, gt = T.batch(src, rng, 3, 32)
     assert lq.shape == gt.shape == (3, 3, 32, 32)
     assert (lq != gt).any() and torch.isfinite(lq).all()
+
+
+def _ir_sde_state(seed=0):
+    sch = sde.make_schedule(max_sigma=30, T=100)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(4, 8, 6, 5, generator=g) * 0.2
+    mu = x0 + 0.1 * torch.randn(4, 8, 6, 5, generator=g)
+    z = torch.randn(4, 8, 6, 5, generator=g)
+    t = torch.tensor([1, 30, 70, 100]).view(4, 1, 1, 1)
+    return sch, x0, mu, z, t, sde.noisy_state(sch, x0, mu, t, z)
+
+
+def test_x0_loss_is_zero_for_the_true_noise_and_capped_at_large_t():
+    sch, x0, mu, z, t, xt = _ir_sde_state()
+    assert T.x0_loss(sch, z, xt, x0, mu, t) < 1e-6
+    # an ε error δ costs min(w_t, cap)·|δ| per element, w_t = σ̄_t e^(θ̄_t dt)
+    delta = 0.01
+    w = sch.sigma_bars[t.flatten()] * torch.exp(sch.thetas_cumsum[t.flatten()] * sch.dt)
+    expected = (torch.clamp(w, max=T.X0_LOSS_CAP) * delta).mean()
+    got = T.x0_loss(sch, z + delta, xt, x0, mu, t)
+    assert got == pytest.approx(float(expected), rel=1e-3)
+    assert w[0] < 0.01 and w[-1] > 10 * T.X0_LOSS_CAP   # the cap matters at t = T and not at t = 1
+
+
+def test_noise_loss_kinds_and_fine_tuning_from_a_model_file(folder, tmp_path):
+    cfg = _config(folder, tmp_path / "state", iters=2)
+    comp, _ = T.train_compressor(cfg, tmp_path / "c.safetensors")
+    first, _ = T.train_noise(cfg, comp, tmp_path / "m.safetensors")
+    compressor, _, _ = T.load_compressor(comp)
+    net = load_model(first).noise.train()
+    sch = sde.make_schedule(max_sigma=30, T=100)
+    lq, gt = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    torch.manual_seed(0)
+    mle, _ = T.noise_loss(net, compressor, sch, lq, gt, "mle")
+    torch.manual_seed(0)
+    both, logs = T.noise_loss(net, compressor, sch, lq, gt, "mle+x0")
+    assert both.item() == pytest.approx(mle.item() + T.X0_LOSS_MIX * logs["x0"], rel=1e-5)
+    assert logs["mle"] == pytest.approx(mle.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown noise loss"):
+        T.noise_loss(net, compressor, sch, lq, gt, "l2")
+    # fine-tuning starts from the given file's noise network and records it
+    cfg2 = _config(folder, tmp_path / "state2", iters=1)
+    cfg2.init_noise, cfg2.noise_loss = str(first), "x0"
+    cfg2.noise.lr = cfg2.noise.min_lr = 1e-12
+    cfg2.command = "pytest fine-tune"
+    out, _ = T.train_noise(cfg2, first, tmp_path / "m2.safetensors")   # the compressor from a model file too
+    a, b = load_model(first).noise.state_dict(), load_model(out).noise.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-9) for k in a)   # lr ≈ 0: the initial weights come back
+    noise_meta = read_metadata(out)["training"]["noise"]
+    assert noise_meta["initialised_from"]["file"] == "m.safetensors" and noise_meta["loss"] == "x0"
+    assert read_metadata(out)["training"]["command"] == ["pytest", "pytest fine-tune"]
+    cfg3 = _config(folder, tmp_path / "state3", iters=1)
+    cfg3.init_noise = str(first)
+    cfg3.noise_config["width"] = 16
+    with pytest.raises(ValueError, match="does not match"):
+        T.train_noise(cfg3, comp, tmp_path / "m3.safetensors")

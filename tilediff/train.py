@@ -378,6 +378,8 @@ class TrainConfig:
     sde: dict | None = None       # None = the task's SDE settings
     latent_weight: float = 0.1    # the reference uses 0.001; see the module docstring
     skip_dropout: float = 0.0     # not in the reference; see compressor_loss
+    noise_loss: str = "mle"       # "mle" (reference), "x0" or "mle+x0"; see noise_loss
+    init_noise: str | None = None  # model file whose noise network the noise stage starts from
     compressor: StageConfig = field(default_factory=lambda: StageConfig(iters=1000, crop=128, optimizer="adamw",
                                                                          lr=1e-3))
     noise: StageConfig = field(default_factory=lambda: StageConfig(iters=5000, crop=256, optimizer="lion",
@@ -584,8 +586,37 @@ def load_compressor(path):
     return net.eval(), config, training
 
 
-def noise_loss(net, compressor, sch, lq, gt):
-    """Refusion's IR-SDE loss on the frozen compressor's latents; returns (loss, logs)."""
+NOISE_LOSSES = ("mle", "x0", "mle+x0")
+X0_LOSS_CAP = 1.0      # latent units; see noise_loss
+X0_LOSS_MIX = 0.05     # weight of the x0 term in "mle+x0"
+
+
+def x0_loss(sch, eps_pred, xt, x0, mu, t, cap=X0_LOSS_CAP):
+    """L1 error of the network's one-shot estimate x̂_0 = (x_t − μ − σ̄_t ε)·e^(θ̄_t dt) + μ, capped.
+
+    x̂_0 − x_0 = −w_t (ε − z) with w_t = σ̄_t e^(θ̄_t dt), which runs from 0.002 (t = 1) to ~24 (t = T) for
+    λ = 0.118; each sample's error is scaled by min(1, cap / w_t), i.e. ε errors are weighted by
+    min(w_t, cap). Not in the reference: see ``noise_loss``.
+    """
+    w = sch.sigma_bars[t] * torch.exp(sch.thetas_cumsum[t] * sch.dt)
+    x0_hat = (xt - mu - sch.sigma_bars[t] * eps_pred) / torch.exp(-sch.thetas_cumsum[t] * sch.dt) + mu
+    scale = torch.clamp(cap / w, max=1.0)
+    return torch.mean(torch.abs(x0_hat - x0) * scale)
+
+
+def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
+    """The noise network's loss on the frozen compressor's latents; returns (loss, logs).
+
+    "mle" is Refusion's IR-SDE maximum-likelihood loss (the reference). It weights an ε error at step t
+    by about σ_t² dt / σ̄_t, only ~10× more at t = T than at t = 1, yet the one-shot x̂_0 the late
+    sampler steps rely on amplifies ε errors at large t by up to ~10⁴× more; a model trained with it
+    alone denoises well but removes only part of the haze (the dehazing is decided at t ≳ 50).
+    "x0" is ``x0_loss`` alone; "mle+x0" adds ``X0_LOSS_MIX`` × ``x0_loss`` to the MLE loss, so the large
+    steps are weighted by x̂_0 accuracy and the small ones still by the reference loss. Every kind has
+    the same minimiser (ε = the true noise), so the model file and samplers are unchanged.
+    """
+    if kind not in NOISE_LOSSES:
+        raise ValueError(f"unknown noise loss {kind!r}; expected one of {NOISE_LOSSES}")
     with torch.no_grad():
         mu, _ = compressor.encode(lq)
         x0, _ = compressor.encode(gt)
@@ -594,7 +625,34 @@ def noise_loss(net, compressor, sch, lq, gt):
     tt = t.view(b, 1, 1, 1)
     xt = sde.noisy_state(sch, x0, mu, tt, torch.randn_like(mu))
     eps = net(xt, mu, t)
-    return sde.training_loss(sch, eps, xt, x0, mu, tt), {}
+    if kind == "x0":
+        return x0_loss(sch, eps, xt, x0, mu, tt), {}
+    mle = sde.training_loss(sch, eps, xt, x0, mu, tt)
+    if kind == "mle":
+        return mle, {}
+    x0_term = x0_loss(sch, eps, xt, x0, mu, tt)
+    return mle + X0_LOSS_MIX * x0_term, {"mle": mle.item(), "x0": x0_term.item()}
+
+
+def load_noise_init(path, net):
+    """Start the noise network from the one in model file ``path`` (fine-tuning); returns its description."""
+    from .weights import load_model
+    model = load_model(path)
+    try:
+        net.load_state_dict(model.noise.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its noise network does not match the configured one ({str(e).splitlines()[0]})")
+    iters = model.metadata.get("training", {}).get("noise", {}).get("iters")
+    return {"file": Path(path).name, "noise_iters": iters}
+
+
+def _commands(*entries):
+    """The commands that made a model, oldest first and without repeats; an entry may be a list already
+    (the compressor came from a model file whose training metadata lists several)."""
+    flat = []
+    for entry in entries:
+        flat.extend(entry if isinstance(entry, list) else [entry])
+    return list(dict.fromkeys(c for c in flat if c))
 
 
 def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=None, quality=None):
@@ -613,14 +671,20 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     torch.manual_seed(cfg.seed + 1)
     task = get_task(cfg.task)
     net = build(task.variant, cfg.noise_config)
-    state, summary, history = _run("noise", net, lambda lq, gt: noise_loss(net, compressor, sch, lq, gt),
+    init = load_noise_init(cfg.init_noise, net) if cfg.init_noise else None
+    state, summary, history = _run("noise", net,
+                                   lambda lq, gt: noise_loss(net, compressor, sch, lq, gt, cfg.noise_loss),
                                    source, cfg.noise, cfg, resume)
-    summary.update(parameters=count_parameters(net))
+    summary.update(parameters=count_parameters(net), loss=cfg.noise_loss)
+    if cfg.noise_loss != "mle":
+        summary.update(x0_loss_cap=X0_LOSS_CAP, x0_loss_mix=X0_LOSS_MIX)
+    if init:
+        summary["initialised_from"] = init
     training = {"data": source.description,
                 "compressor": comp_training.get("compressor", {}),
                 "noise": summary,
                 "total_seconds": round(comp_training.get("compressor", {}).get("seconds", 0) + summary["seconds"], 1),
-                "command": list(dict.fromkeys(c for c in (comp_training.get("command"), cfg.command) if c))}
+                "command": _commands(comp_training.get("command"), cfg.command)}
     extra = {"training": training}
     if quality is not None:
         extra["quality"] = quality

@@ -59,6 +59,10 @@ def _command_line():
               help="Weight of the latent regulariser (reference 0.001).")
 @click.option("--skip-dropout", default=0.0, show_default=True, type=float,
               help="Fraction of compressor samples decoded without their LQ skips (0 = the reference loss).")
+@click.option("--noise-loss", default="mle", show_default=True, type=click.Choice(["mle", "x0", "mle+x0"]),
+              help="Noise-stage loss: the reference's IR-SDE MLE, the capped x̂0 error, or both (see tilediff.train).")
+@click.option("--init-noise", type=click.Path(dir_okay=False, exists=True),
+              help="Start the noise network from this model file's (fine-tuning; same network settings).")
 @click.option("--ema-decay", default=0.995, show_default=True, type=float)
 @click.option("--ema-every", default=10, show_default=True, type=int)
 @click.option("--no-ema", is_flag=True, help="Save the raw weights instead of the EMA.")
@@ -84,7 +88,7 @@ def _command_line():
 @click.option("--no-progress", is_flag=True)
 def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, compressor_iters, noise_iters,
               batch, crop, noise_crop, optimizer, noise_optimizer, lr, noise_lr, min_lr, warmup, weight_decay,
-              latent_weight, skip_dropout, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
+              latent_weight, skip_dropout, noise_loss, init_noise, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
               middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, augment, save_every, resume, no_progress):
     """Train a latent Refusion model (compressor, then noise network) from paired or clean images.
 
@@ -116,6 +120,7 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
         noise_config={"img_channel": embed_dim, "width": width, "enc_blk_nums": _ints(enc_blocks),
                       "middle_blk_num": middle_blocks, "dec_blk_nums": _ints(dec_blocks)},
         sde=sde_cfg, latent_weight=latent_weight, skip_dropout=skip_dropout,
+        noise_loss=noise_loss, init_noise=init_noise,
         compressor=T.StageConfig(iters=compressor_iters or iters or 1000, crop=crop, optimizer=optimizer, lr=lr,
                                  **common),
         noise=T.StageConfig(iters=noise_iters or iters or 5000, crop=noise_crop, optimizer=noise_optimizer,
