@@ -612,8 +612,9 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
     sampler steps rely on amplifies ε errors at large t by up to ~10⁴× more; a model trained with it
     alone denoises well but removes only part of the haze (the dehazing is decided at t ≳ 50).
     "x0" is ``x0_loss`` alone; "mle+x0" adds ``X0_LOSS_MIX`` × ``x0_loss`` to the MLE loss, so the large
-    steps are weighted by x̂_0 accuracy and the small ones still by the reference loss. Every kind has
-    the same minimiser (ε = the true noise), so the model file and samplers are unchanged.
+    steps are weighted by x̂_0 accuracy and the small ones still by the reference loss. All kinds aim at
+    the same ε (the true noise; the MLE optimum differs from it by a small discretisation offset), so the
+    model file and samplers are unchanged.
     """
     if kind not in NOISE_LOSSES:
         raise ValueError(f"unknown noise loss {kind!r}; expected one of {NOISE_LOSSES}")
