@@ -118,9 +118,14 @@ def ode_step(sch, x, mu, eps, t, z=None):
     return x - (sch.thetas[t] * (mu - x) - 0.5 * sch.sigmas[t] ** 2 * score) * sch.dt
 
 
+def predict_x0(sch, x, mu, eps, t):
+    """The one-shot estimate x̂_0 = (x_t − μ − σ̄_t ε) e^(θ̄_t dt) + μ (inverts ``noisy_state`` for z = ε)."""
+    return (x - mu - sch.sigma_bars[t] * eps) * torch.exp(sch.thetas_cumsum[t] * sch.dt) + mu
+
+
 def posterior_step(sch, x, mu, eps, t, z):
     """Posterior sampling: predict x̂_0 from ε, then draw x_{t−1} from q(x_{t−1} | x_t, x̂_0)."""
-    x0_hat = (x - mu - sch.sigma_bars[t] * eps) * torch.exp(sch.thetas_cumsum[t] * sch.dt) + mu
+    x0_hat = predict_x0(sch, x, mu, eps, t)
     mean = optimum(sch, x, x0_hat, mu, t)
     a, b, c = _abc(sch, t)
     var = (1 - a ** 2) * (1 - c ** 2) / (1 - b ** 2)

@@ -592,16 +592,15 @@ X0_LOSS_MIX = 0.05     # weight of the x0 term in "mle+x0"
 
 
 def x0_loss(sch, eps_pred, xt, x0, mu, t, cap=X0_LOSS_CAP):
-    """L1 error of the network's one-shot estimate x̂_0 = (x_t − μ − σ̄_t ε)·e^(θ̄_t dt) + μ, capped.
+    """L1 error of the network's one-shot estimate x̂_0 (``sde.predict_x0``), capped.
 
     x̂_0 − x_0 = −w_t (ε − z) with w_t = σ̄_t e^(θ̄_t dt), which runs from 0.002 (t = 1) to ~24 (t = T) for
     λ = 0.118; each sample's error is scaled by min(1, cap / w_t), i.e. ε errors are weighted by
     min(w_t, cap). Not in the reference: see ``noise_loss``.
     """
     w = sch.sigma_bars[t] * torch.exp(sch.thetas_cumsum[t] * sch.dt)
-    x0_hat = (xt - mu - sch.sigma_bars[t] * eps_pred) / torch.exp(-sch.thetas_cumsum[t] * sch.dt) + mu
     scale = torch.clamp(cap / w, max=1.0)
-    return torch.mean(torch.abs(x0_hat - x0) * scale)
+    return torch.mean(torch.abs(sde.predict_x0(sch, xt, mu, eps_pred, t) - x0) * scale)
 
 
 def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
