@@ -2,8 +2,10 @@
 
     python scripts/prepare_skimage_data.py OUT_DIR
 
-Writes OUT_DIR/train/*.png (training photos) and OUT_DIR/heldout/*.png (never used in training).
-Needs scikit-image (training/evaluation only; not a runtime dependency of tilediff).
+Writes OUT_DIR/train/*.png (training photos) and OUT_DIR/heldout/*.png (never used in training); with
+matplotlib installed also OUT_DIR/heldout_extra/grace_hopper.png (matplotlib's sample photo, a fifth
+unseen photo for evaluation only). Needs scikit-image (training/evaluation only; not a runtime
+dependency of tilediff).
 ``cat`` is the same photo as ``chelsea`` and is left out; the two stereo_motorcycle views are both
 training images. Images wider than 800 px are halved (retina, hubble_deep_field).
 """
@@ -45,3 +47,11 @@ if __name__ == "__main__":
             for key, img in get(n).items():
                 save(out / split, key, img)
         print(split, sorted(p.name for p in (out / split).iterdir()))
+    try:
+        from matplotlib import cbook
+    except ImportError:
+        print("heldout_extra: skipped (matplotlib is not installed)")
+    else:
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            save(out / "heldout_extra", "grace_hopper", np.asarray(Image.open(f).convert("RGB")))
+        print("heldout_extra", sorted(p.name for p in (out / "heldout_extra").iterdir()))

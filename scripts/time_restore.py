@@ -1,6 +1,8 @@
 """Time a 100-step restoration of a 640×480 image with a model file (default: the shipped dehaze model).
 
-    python scripts/time_restore.py [MODEL] [--threads N] [--sampler sde]
+    python scripts/time_restore.py [MODEL] [--threads N] [--sampler S] [--samples K] [--repeat 3]
+
+Prints the median of --repeat runs; --sampler and --samples default to the model file's choices.
 """
 import argparse
 import time
@@ -13,14 +15,22 @@ from tilediff.restorer import Restorer
 ap = argparse.ArgumentParser()
 ap.add_argument("model", nargs="?")
 ap.add_argument("--threads", type=int, default=0)
-ap.add_argument("--sampler", default="sde")
+ap.add_argument("--sampler", help="default: the model file's default_sampler, else sde")
 ap.add_argument("--steps", type=int, default=100)
+ap.add_argument("--samples", type=int)
+ap.add_argument("--repeat", type=int, default=3)
 args = ap.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
 r = Restorer("dehaze", weights=args.model, device="cpu")
 img = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
 r.restore(img[:64, :64], steps=2)  # warm-up
-t0 = time.time()
-out = r.restore(img, steps=args.steps, sampler=args.sampler)
-print(f"640x480, {args.steps} {args.sampler} steps, {torch.get_num_threads()} threads: {time.time() - t0:.1f} s")
+samples = args.samples or int(r.model.metadata.get("default_samples", 1))
+sampler = args.sampler or r.model.metadata.get("default_sampler", "sde")
+times = []
+for _ in range(args.repeat):
+    t0 = time.time()
+    r.restore(img, steps=args.steps, sampler=sampler, samples=samples)
+    times.append(time.time() - t0)
+print(f"640x480, {args.steps} {sampler} steps x {samples} samples, {torch.get_num_threads()} threads: "
+      f"median {np.median(times):.1f} s of {args.repeat} ({', '.join(f'{t:.1f}' for t in times)})")

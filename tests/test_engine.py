@@ -188,3 +188,36 @@ def test_out_of_memory_halves_the_tiles_and_retries(zero_noise_restorer, monkeyp
     assert plan.compressor_tile * 8 <= 200
     whole = zero_noise_restorer.restore(image, steps=2, sampler="ode", mode="whole")
     assert np.abs(out - whole).max() <= 1e-4   # still exact: the zero-noise model makes tiling invisible
+
+
+def test_several_samples_average_the_final_latents_of_independent_runs(golden_dir, tmp_path):
+    from tilediff import sde
+    from tilediff.noise import START_STEP
+    path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
+                   output=tmp_path / "m.safetensors")
+    r = Restorer("dehaze", weights=path)
+    image = np.random.default_rng(2).random((40, 56, 3)).astype(np.float32)
+    one = r.restore(image, steps=3, sampler="sde", seed=5, mode="whole")
+    assert np.array_equal(r.restore(image, steps=3, sampler="sde", seed=5, mode="whole", samples=1), one)
+    events = []
+    two = r.restore(image, steps=3, sampler="sde", seed=5, mode="whole", samples=2,
+                    progress=lambda stage, done, total: events.append((stage, done, total)))
+    # by hand: run k draws from noise stream k; the decoder gets the mean of the two final latents
+    model = r.model
+    x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        mu, hidden = model.compressor.encode(x)
+        sch = engine.schedule_for(model, 3)
+        noise_fn = engine.whole_noise_fn(model.noise, mu, torch.device("cpu"), torch.float32)
+        finals = []
+        for stream in (0, 1):
+            noise = PositionalNoise(5, stream=stream)
+            start = sde.start_state(sch, mu, noise(START_STEP, mu))
+            finals.append(sde.sample(noise_fn, start, mu, sch, "sde", noise))
+        expected = model.compressor.decode((finals[0] + finals[1]) / 2, hidden).clamp(0, 1)[0].permute(1, 2, 0)
+    np.testing.assert_allclose(two, expected.numpy(), atol=1e-5)
+    assert np.abs(two - one).max() > 1e-3
+    sample_events = [e for e in events if e[0] == "sample"]
+    assert sample_events[-1] == ("sample", 6, 6)   # both runs' steps in one progress total
+    with pytest.raises(ValueError, match="samples must be at least 1"):
+        r.restore(image, steps=3, mode="whole", samples=0)

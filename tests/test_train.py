@@ -149,6 +149,23 @@ def test_cli_train_and_eval(folder, tmp_path):
     assert "| **mean** |" in r.output
     assert len(json.loads((tmp_path / "e.json").read_text())["per_image"]) == 3
     assert read_metadata(out)["quality"]["mean"]["psnr"] > 0
+    # several densities and seeds: one row per density, means over images × seeds
+    r = runner.invoke(eval_cmd, ["--weights", str(out), "--clean", str(folder), "--steps", "2", "--density",
+                                 "light,dense", "--seed", "0,1", "--json", str(tmp_path / "g.json"), "--store",
+                                 "--save-images", str(tmp_path / "imgs")])
+    assert r.exit_code == 0, r.output
+    assert "| light | 6 |" in r.output and "| dense | 6 |" in r.output
+    grid = json.loads((tmp_path / "g.json").read_text())
+    assert [(run["density"], run["seed"]) for run in grid["runs"]] == [("light", 0), ("light", 1), ("dense", 0),
+                                                                       ("dense", 1)]
+    light = [row for run in grid["runs"][:2] for row in run["per_image"]]
+    assert grid["summary"]["light"]["hazy_psnr"] == pytest.approx(np.mean([row["hazy_psnr"] for row in light]),
+                                                                  abs=1e-3)
+    assert grid["summary"]["light"]["hazy_psnr"] > grid["summary"]["dense"]["hazy_psnr"]   # less haze, closer
+    assert read_metadata(out)["quality"]["summary"]["dense"]["n"] == 6
+    assert len(list((tmp_path / "imgs" / "dense_seed1").glob("*_out.png"))) == 3
+    r = runner.invoke(eval_cmd, ["--weights", str(out), "--clean", str(folder), "--density", "thick"])
+    assert r.exit_code == 2 and "unknown haze density 'thick'" in r.output
 
 
 def test_skip_dropout_zeroes_whole_samples():
@@ -244,3 +261,16 @@ def test_noise_loss_kinds_and_fine_tuning_from_a_model_file(folder, tmp_path):
     cfg3.noise_config["width"] = 16
     with pytest.raises(ValueError, match="does not match"):
         T.train_noise(cfg3, comp, tmp_path / "m3.safetensors")
+
+
+def test_haze_density_mix_draws_each_density_per_window(folder, monkeypatch):
+    assert T.parse_densities("light, dense") == ["light", "dense"]
+    with pytest.raises(ValueError, match="unknown haze density 'light,thick'"):
+        T.make_source(clean=str(folder), density="light,thick")
+    drawn = []
+    add_haze = T.add_haze_safe
+    monkeypatch.setattr(T, "add_haze_safe", lambda clean, rng, density: drawn.append(density) or add_haze(clean, rng, density))
+    src = T.make_source(clean=str(folder), density="light,dense")
+    src.sample(np.random.default_rng(0), 32)
+    assert len(drawn) == src.pool_size and set(drawn) == {"light", "dense"}
+    assert src.description["density"] == "light,dense"

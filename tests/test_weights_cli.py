@@ -147,3 +147,13 @@ def test_whole_image_restorer_matches_the_reference_pipeline(golden_net, dehaze_
 def test_restorer_without_shipped_weights_says_what_to_do():
     with pytest.raises(ModelFileError, match="--weights"):
         Restorer("deshadow")
+
+
+def test_model_files_are_written_with_the_umask_mode_not_owner_only(golden_dir, tmp_path):
+    import os
+    import stat
+    out = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
+                  output=tmp_path / "m.safetensors")
+    old = os.umask(0o022)
+    os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~old

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import ImageReadError, ImageWriteError, format_for_path, is_image_file, output_path, read_image, write_image
+from .io import (ImageReadError, ImageWriteError, format_for_path, is_image_file, new_file_mode, output_path,
+                 read_image, write_image)
 from .tasks import get_task
 
 SUMMARY_NAME = "tilediff_summary.json"
@@ -227,7 +228,7 @@ def write_json_atomic(path, data):
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -42,6 +42,7 @@ class Options:
     compressor_tile: int | None = None  # in latent units; default from the budget
     batch: int | None = None          # noise tiles per network call; default from the budget
     cuda_graphs: bool = True          # on CUDA, capture one step's noise-network work and replay it
+    samples: int = 1                  # reverse-process runs whose final latents are averaged (see _sample_stage)
     stats: dict = field(default_factory=dict)  # filled with per-stage seconds and the plan
 
 
@@ -391,9 +392,16 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     noise-network work (the whole canvas or every tile batch plus the blend) is captured as a CUDA
     graph and replayed for each step. On a CUDA out-of-memory error the noise tile is halved (whole →
     tiled first) and the step redone. Returns the final state on the host.
+
+    With ``options.samples`` = K > 1 the reverse process runs K times from the same μ, run k drawing
+    its noise from stream k (run 0 is the single-sample result), and the K final latents are averaged:
+    a Monte-Carlo estimate of the posterior mean, which is what minimises the squared error when the
+    samples disagree. K × the sampling time; one decode.
     """
+    if options.samples < 1:
+        raise ValueError(f"samples must be at least 1, got {options.samples}")
     sch = schedule_for(model, options.steps)
-    noise = PositionalNoise(options.seed)
+    runs = options.samples
     step_index = [0]
     on_gpu = device.type == "cuda"
     if on_gpu:
@@ -408,7 +416,8 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
             calls = -(-plan.noise_tiles // plan.noise_batch)
             fn = tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap,
                                 plan.noise_batch, lens,
-                                report=lambda g, n: report("sample", step_index[0] * calls + g, sch.T * calls))
+                                report=lambda g, n: report("sample", step_index[0] * calls + g,
+                                                          sch.T * runs * calls))
         if use_graphs:
             graph_info["captures"] += 1
             return GraphedNoise(fn, device)
@@ -434,14 +443,19 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
             graph_info["replays"] = current[0].replays
             graph_info["used"] = not current[0].failed   # capture failed: eager from then on
         if plan.noise_mode == "whole":
-            report("sample", i + 1, sch.T)
+            report("sample", i + 1, sch.T * runs)
         elif use_graphs:   # a replayed step does not call back per tile batch
             calls = -(-plan.noise_tiles // plan.noise_batch)
-            report("sample", (i + 1) * calls, sch.T * calls)
+            report("sample", (i + 1) * calls, sch.T * runs * calls)
 
-    state = sde.start_state(sch, mu, noise(START_STEP, mu))
-    state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise, callback=callback)
-    return state.cpu()
+    total = None
+    for run in range(runs):
+        noise = PositionalNoise(options.seed, stream=run)
+        state = sde.start_state(sch, mu, noise(START_STEP, mu))
+        state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise,
+                           callback=lambda i, t, run=run: callback(run * sch.T + i, t))
+        total = state if total is None else total.add_(state)
+    return (total / runs if runs > 1 else total).cpu()
 
 
 def _halve_noise_tiles(plan):

@@ -984,7 +984,7 @@ def _output_samples(rgb: np.ndarray, like: ImageData | None, fmt: str) -> np.nda
     return _to_samples(rgb, like.mode, dtype, alpha)
 
 
-def _new_file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
     """Permissions for the output: the replaced file's, else 0o666 minus the umask.
 
     mkstemp creates files readable by the owner only; a rename would keep that.
@@ -1011,7 +1011,7 @@ def _atomic_write(path: Path, write) -> None:
     directory = path.parent
     tmp = None
     try:
-        mode = _new_file_mode(path)
+        mode = new_file_mode(path)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{path.name}.', suffix='.tmp')
         os.close(fd)  # reopen by name: tifffile wants a file object with a real name
         with open(tmp, 'r+b') as fh:

@@ -73,17 +73,21 @@ class Restorer:
 
     def restore(self, image, *, steps=None, sampler=None, seed=0, tile=None, overlap=None, mode="auto",
                 memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
-                compressor_tile=None, batch=None, cuda_graphs=True):
+                compressor_tile=None, batch=None, cuda_graphs=True, samples=None):
         """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
 
         For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
         reference algorithm on the whole image at once; 'tiled' forces tiling; 'auto' plans.
         ``stats`` (a dict) receives the plan and the seconds per stage. ``sampler`` None takes the
-        model file's ``default_sampler`` (the reference's 'sde' when it names none). On CUDA one
-        sampler step is captured as a CUDA graph and replayed (``cuda_graphs=False`` runs it eagerly).
+        model file's ``default_sampler`` (the reference's 'sde' when it names none). ``samples`` K > 1
+        averages the final latents of K reverse runs (an estimate of the posterior mean; K × the
+        sampling time); None takes the model file's ``default_samples`` (1 when it names none). On CUDA
+        one sampler step is captured as a CUDA graph and replayed (``cuda_graphs=False`` runs it eagerly).
         """
         if sampler is None:
             sampler = self.model.metadata.get("default_sampler", "sde")
+        if samples is None:
+            samples = int(self.model.metadata.get("default_samples", 1))
         if isinstance(image, (str, Path)):
             from .io import read_image
             image = read_image(image).rgb
@@ -105,6 +109,7 @@ class Restorer:
         options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
                                  memory_budget=memory_budget, precision=self.precision, progress=progress,
                                  compressor_tile=compressor_tile, batch=batch, cuda_graphs=cuda_graphs,
+                                 samples=samples,
                                  stats=stats if stats is not None else {})
         out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens)
         out = out[0].permute(1, 2, 0).numpy()

@@ -240,6 +240,7 @@ class HazeSource:
                  permute_channels=True, augment=False):
         self.files = list_images(clean_dir)
         self.images = [read_rgb(p) for p in self.files]
+        self.densities = parse_densities(density)
         self.density, self.pool_size, self.refresh_per_step = density, pool, refresh_per_step
         self.window, self.permute_channels, self.augment = window, permute_channels, augment
         self.pool = []
@@ -263,7 +264,11 @@ class HazeSource:
         ww = int(rng.integers(lo, max(lo, min(w, self.window)) + 1))
         y, x = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
         clean = np.ascontiguousarray(img[y:y + wh, x:x + ww])
-        hazy, _ = add_haze_safe(clean, rng, self.density)
+        # one density draws nothing, so single-density runs keep their random stream
+        density = self.densities[0]
+        if len(self.densities) > 1:
+            density = self.densities[int(rng.integers(len(self.densities)))]
+        hazy, _ = add_haze_safe(clean, rng, density)
         return hazy, clean
 
     def refresh(self, rng):
@@ -303,6 +308,16 @@ def augment_clean(img, rng, crop):
     img = gray + (img - gray) * rng.uniform(0.6, 1.3)
     img = img * rng.uniform(0.8, 1.1)
     return np.clip(img, 0, 1).astype(np.float32)
+
+
+def parse_densities(density):
+    """'moderate' or a comma-separated mix such as 'light,moderate,dense' (each window draws one uniformly)."""
+    from .degrade import BETA_RANGES
+    names = [d.strip() for d in str(density).split(",") if d.strip()]
+    bad = [d for d in names if d not in BETA_RANGES]
+    if not names or bad:
+        raise ValueError(f"unknown haze density {density!r}; use {', '.join(BETA_RANGES)} or a comma-separated mix")
+    return names
 
 
 def add_haze_safe(clean, rng, density):
@@ -739,26 +754,26 @@ def haze_for_eval(clean, name, seed=0, density="moderate"):
     return add_haze(clean, rng, density=density)
 
 
-def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler="sde", save_dir=None,
-             baseline=True, threads=None):
+def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler=None, save_dir=None,
+             baseline=True, threads=None, restorer=None, samples=None):
     """Haze clean images deterministically, restore them, and score hazy / DCP / model against clean.
 
-    ``images`` is a folder or a list of (name, HxWx3 float array). Returns a dict with ``per_image``
-    (name, size, mean transmission, psnr/ssim of hazy, dcp and output, seconds) and ``mean``.
+    ``images`` is a folder, a list of folders or a list of (name, HxWx3 float array). ``sampler`` and
+    ``samples`` None take the model file's defaults. Returns a dict with ``per_image`` (name, size,
+    mean transmission, psnr/ssim of hazy, dcp and output, seconds) and ``mean``.
     """
     from .baselines import dark_channel_prior
     from .metrics import psnr, ssim
     from .restorer import Restorer
     if threads:
         torch.set_num_threads(int(threads))
-    if isinstance(images, (str, Path)):
-        images = [(p.name, read_rgb(p)) for p in list_images(images)]
-    restorer = Restorer(weights=weights, device="cpu")
+    images = _eval_images(images)
+    restorer = restorer or Restorer(weights=weights, device="cpu")
     rows = []
     for name, clean in images:
         hazy, info = haze_for_eval(clean, name, seed, density)
         t0 = time.time()
-        out = restorer.restore(hazy, steps=steps, sampler=sampler, seed=seed)
+        out = restorer.restore(hazy, steps=steps, sampler=sampler, seed=seed, samples=samples)
         seconds = time.time() - t0
         row = {"name": name, "size": f"{clean.shape[1]}x{clean.shape[0]}",
                "mean_transmission": round(info["mean_transmission"], 3),
@@ -782,16 +797,74 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
         for k in keys:
             r[k] = round(float(r[k]), 4)
     mean = {k: round(v, 4) for k, v in mean.items()}
-    return {"weights": str(weights), "density": density, "seed": seed, "sampler": sampler,
+    return {"weights": str(weights), "density": density, "seed": seed,
+            "sampler": sampler or restorer.model.metadata.get("default_sampler", "sde"),
             "steps": steps if steps is not None else restorer.model.sde.get("T"),
+            "samples": samples or int(restorer.model.metadata.get("default_samples", 1)),
             "per_image": rows, "mean": mean}
+
+
+def _eval_images(images):
+    """(name, clean image) pairs from a folder, a list of folders, or such pairs already."""
+    if isinstance(images, (str, Path)):
+        images = [images]
+    pairs = []
+    for item in images:
+        if isinstance(item, (str, Path)):
+            pairs += [(p.name, read_rgb(p)) for p in list_images(item)]
+        else:
+            pairs.append(item)
+    return pairs
+
+
+def evaluate_grid(weights, images, densities=("moderate",), seeds=(0,), save_root=None, **options):
+    """``evaluate`` for every (density, seed); returns ``runs`` (each evaluate result) and ``summary``:
+    per density, the mean over images × seeds of every PSNR / SSIM column. Images go to
+    ``save_root/DENSITY_seedN`` when ``save_root`` is given."""
+    from .restorer import Restorer
+    threads = options.pop("threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    images = _eval_images(images)
+    restorer = Restorer(weights=weights, device="cpu")
+    runs, summary = [], {}
+    for density in densities:
+        for seed in seeds:
+            save_dir = Path(save_root) / f"{density}_seed{seed}" if save_root is not None else None
+            runs.append(evaluate(weights, images, density=density, seed=seed, restorer=restorer, save_dir=save_dir,
+                                 **options))
+        rows = [r for run in runs if run["density"] == density for r in run["per_image"]]
+        keys = [k for k in rows[0] if k.endswith("psnr") or k.endswith("ssim")] if rows else []
+        summary[density] = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
+        summary[density]["n"] = len(rows)
+    return {"weights": str(weights), "seeds": list(seeds), "runs": runs, "summary": summary}
+
+
+def summary_table(grid):
+    """Per-density means of ``evaluate_grid`` as a markdown table."""
+    has_dcp = any("dcp_psnr" in m for m in grid["summary"].values())
+    run = grid["runs"][0]
+    head = "| haze density | n | hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
+        f" model ({_method(run)}) PSNR / SSIM |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for density, m in grid["summary"].items():
+        line = f"| {density} | {m['n']} | {m['hazy_psnr']:.2f} / {m['hazy_ssim']:.3f} |"
+        if has_dcp:
+            line += f" {m['dcp_psnr']:.2f} / {m['dcp_ssim']:.3f} |"
+        lines.append(line + f" {m['psnr']:.2f} / {m['ssim']:.3f} |")
+    return "\n".join(lines)
+
+
+def _method(result):
+    text = f"{result['sampler']}, {result['steps']} steps"
+    return text + (f", mean of {result['samples']} samples" if result.get("samples", 1) > 1 else "")
 
 
 def markdown_table(result):
     """The evaluation as a markdown table (PSNR dB / SSIM of hazy input, DCP and the model)."""
     has_dcp = bool(result["per_image"]) and "dcp_psnr" in result["per_image"][0]
     head = "| image | size | mean t | hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
-        f" model ({result['sampler']}, {result['steps']} steps) PSNR / SSIM |"
+        f" model ({_method(result)}) PSNR / SSIM |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def cells(r, mt):

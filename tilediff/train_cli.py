@@ -34,8 +34,9 @@ def _command_line():
 @click.option("--clean", type=click.Path(file_okay=False, exists=True), help="Clean images, hazed on the fly.")
 @click.option("--lq", type=click.Path(file_okay=False, exists=True), help="Degraded images (paired with --gt by name).")
 @click.option("--gt", type=click.Path(file_okay=False, exists=True), help="Ground-truth images.")
-@click.option("--density", default="moderate", show_default=True, type=click.Choice(["light", "moderate", "dense"]),
-              help="Synthetic haze density (with --clean).")
+@click.option("--density", default="moderate", show_default=True,
+              help="Synthetic haze density (with --clean): light, moderate, dense, or a comma-separated mix "
+                   "(each hazed window draws one).")
 @click.option("--stage", default="both", show_default=True, type=click.Choice(["compressor", "noise", "both"]))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output: the compressor file (--stage compressor) or the model file.")
@@ -146,27 +147,57 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
 
 @click.command("eval")
 @click.option("--weights", required=True, type=click.Path(dir_okay=False, exists=True), help="Model file.")
-@click.option("--clean", required=True, type=click.Path(file_okay=False, exists=True), help="Clean test images.")
-@click.option("--density", default="moderate", show_default=True, type=click.Choice(["light", "moderate", "dense"]))
-@click.option("--seed", default=0, show_default=True, type=int, help="Haze and sampler seed.")
+@click.option("--clean", required=True, multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder of clean test images (repeatable).")
+@click.option("--density", default="moderate", show_default=True,
+              help="Haze density: light, moderate, dense, or a comma-separated list (one table row each).")
+@click.option("--seed", default="0", show_default=True,
+              help="Haze and sampler seed, or a comma-separated list (means over images × seeds).")
 @click.option("--steps", type=int, help="Sampler steps (default: the model's T).")
-@click.option("--sampler", default="sde", show_default=True, type=click.Choice(list(_sde.SAMPLERS)))
+@click.option("--sampler", type=click.Choice(list(_sde.SAMPLERS)),
+              help="Sampler (default: the model file's default_sampler, else sde).")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="Average N reverse runs per image (default: the model file's choice, else 1).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-@click.option("--save-images", type=click.Path(file_okay=False), help="Write hazy, DCP and restored PNGs here.")
+@click.option("--save-images", type=click.Path(file_okay=False),
+              help="Write hazy, DCP and restored PNGs here (in DENSITY_seedN subfolders for several runs).")
 @click.option("--no-dcp", is_flag=True, help="Skip the dark channel prior baseline.")
 @click.option("--threads", type=int, help="torch threads.")
 @click.option("--store", is_flag=True, help="Store the results as the model file's `quality` metadata.")
-def eval_cmd(weights, clean, density, seed, steps, sampler, json_out, save_images, no_dcp, threads, store):
-    """Haze clean images deterministically, restore them and report PSNR/SSIM (hazy, DCP, model)."""
+def eval_cmd(weights, clean, density, seed, steps, sampler, samples, json_out, save_images, no_dcp, threads, store):
+    """Haze clean images deterministically, restore them and report PSNR/SSIM (hazy, DCP, model).
+
+    \b
+    One density and seed: a per-image table. Several (e.g. --density light,moderate,dense --seed 0,1,2):
+    one row per density, each the mean over the images and seeds; --json keeps every per-image value.
+    """
     from . import train as T
+    seeds = _ints(seed)
     try:
-        result = T.evaluate(weights, clean, density=density, seed=seed, steps=steps, sampler=sampler,
-                            save_dir=save_images, baseline=not no_dcp, threads=threads)
+        densities = T.parse_densities(density)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--density")
+    if not seeds:
+        raise click.BadParameter("give at least one seed", param_hint="--seed")
+    options = dict(steps=steps, sampler=sampler, samples=samples, baseline=not no_dcp)
+    try:
+        if len(densities) == 1 and len(seeds) == 1:
+            result = T.evaluate(weights, list(clean), density=densities[0], seed=seeds[0], save_dir=save_images,
+                                threads=threads, **options)
+            click.echo(T.markdown_table(result))
+        else:
+            result = T.evaluate_grid(weights, list(clean), densities, seeds, threads=threads,
+                                     save_root=save_images, **options)
+            click.echo(T.summary_table(result))
     except ValueError as e:
         raise click.ClickException(str(e))
-    click.echo(T.markdown_table(result))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
     if store:
-        T.update_metadata(weights, quality={k: v for k, v in result.items() if k != "weights"})
+        quality = {k: v for k, v in result.items() if k != "weights"}
+        if "runs" in quality:   # the model file keeps the means; --json keeps every per-image value
+            first = result["runs"][0]
+            quality = {"summary": result["summary"], "seeds": seeds, "sampler": first["sampler"], "steps": first["steps"],
+                       "samples": first["samples"], "images": [r["name"] for r in first["per_image"]]}
+        T.update_metadata(weights, quality=quality)
         click.echo(f"stored the results in {weights} (metadata `quality`)")

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from . import __version__
+from .io import new_file_mode
 from .models import ArchitectureError, build, count_parameters, infer, strip_prefix
 from .tasks import DEFAULT_TASK_FOR_VARIANT, get_task
 
@@ -188,6 +189,7 @@ def save_model(path, noise_state, noise_variant, noise_config, compressor_state=
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, new_file_mode(path))   # mkstemp's owner-only mode would survive the rename
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -265,6 +267,8 @@ def describe(path):
         lines.append(f"  description: {meta['description']}")
     if meta.get("default_sampler"):
         lines.append(f"  sampler:     {meta['default_sampler']} (used when --sampler is not given)")
+    if int(meta.get("default_samples", 1)) > 1:
+        lines.append(f"  samples:     {meta['default_samples']} reverse runs averaged (used when --samples is not given)")
     if meta.get("noise_tile"):
         lines.append(f"  noise tile:  {meta['noise_tile']} latent units, overlap {meta.get('noise_overlap', 'default')} "
                      "(the training crop; --mode auto evaluates the noise network on such tiles)")
