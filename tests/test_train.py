@@ -269,7 +269,8 @@ def test_haze_density_mix_draws_each_density_per_window(folder, monkeypatch):
         T.make_source(clean=str(folder), density="light,thick")
     drawn = []
     add_haze = T.add_haze_safe
-    monkeypatch.setattr(T, "add_haze_safe", lambda clean, rng, density: drawn.append(density) or add_haze(clean, rng, density))
+    monkeypatch.setattr(T, "add_haze_safe",
+                        lambda clean, rng, density: drawn.append(density) or add_haze(clean, rng, density))
     src = T.make_source(clean=str(folder), density="light,dense")
     src.sample(np.random.default_rng(0), 32)
     assert len(drawn) == src.pool_size and set(drawn) == {"light", "dense"}
