@@ -213,8 +213,8 @@ def _summary_line(entry, device):
 @click.option("--dry-run", is_flag=True, help="Print the plan for each input and exit; nothing is restored or written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary lines; errors only.")
 def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, samples, mode, tile, overlap, device,
-                precision, memory_budget, cuda_graphs, src_lens, tgt_lens, disparity, jpeg_quality, compression, pattern,
-                recursive, overwrite, dry_run, quiet):
+                precision, memory_budget, cuda_graphs, src_lens, tgt_lens, disparity, jpeg_quality, compression,
+                pattern, recursive, overwrite, dry_run, quiet):
     """Restore images (TIFF, PNG, JPEG) or folders of them.
 
     Outputs are NAME_TASK.EXT beside each input unless -o/--out-dir say otherwise; bit depth, alpha,

@@ -197,7 +197,8 @@ def eval_cmd(weights, clean, density, seed, steps, sampler, samples, json_out, s
         quality = {k: v for k, v in result.items() if k != "weights"}
         if "runs" in quality:   # the model file keeps the means; --json keeps every per-image value
             first = result["runs"][0]
-            quality = {"summary": result["summary"], "seeds": seeds, "sampler": first["sampler"], "steps": first["steps"],
-                       "samples": first["samples"], "images": [r["name"] for r in first["per_image"]]}
+            quality = {"summary": result["summary"], "seeds": seeds, "sampler": first["sampler"],
+                       "steps": first["steps"], "samples": first["samples"],
+                       "images": [r["name"] for r in first["per_image"]]}
         T.update_metadata(weights, quality=quality)
         click.echo(f"stored the results in {weights} (metadata `quality`)")

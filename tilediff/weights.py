@@ -268,7 +268,8 @@ def describe(path):
     if meta.get("default_sampler"):
         lines.append(f"  sampler:     {meta['default_sampler']} (used when --sampler is not given)")
     if int(meta.get("default_samples", 1)) > 1:
-        lines.append(f"  samples:     {meta['default_samples']} reverse runs averaged (used when --samples is not given)")
+        lines.append(f"  samples:     {meta['default_samples']} reverse runs averaged "
+                     "(used when --samples is not given)")
     if meta.get("noise_tile"):
         lines.append(f"  noise tile:  {meta['noise_tile']} latent units, overlap {meta.get('noise_overlap', 'default')} "
                      "(the training crop; --mode auto evaluates the noise network on such tiles)")
