@@ -25,8 +25,8 @@ if args.threads:
 r = Restorer("dehaze", weights=args.model, device="cpu")
 img = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
 r.restore(img[:64, :64], steps=2)  # warm-up
-samples = args.samples or int(r.model.metadata.get("default_samples", 1))
-sampler = args.sampler or r.model.metadata.get("default_sampler", "sde")
+samples = args.samples or r.default_samples
+sampler = args.sampler or r.default_sampler
 times = []
 for _ in range(args.repeat):
     t0 = time.time()

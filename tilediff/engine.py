@@ -334,6 +334,8 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
         raise ValueError(f"unknown sampler {options.sampler!r}; expected one of {', '.join(sde.SAMPLERS)}")
     if options.precision not in DTYPES:
         raise ValueError(f"unknown precision {options.precision!r}; expected one of {', '.join(DTYPES)}")
+    if options.samples < 1:
+        raise ValueError(f"samples must be at least 1, got {options.samples}")
     device = torch.device(device)
     dtype = DTYPES[options.precision]
     _, channels, h, w = x.shape
@@ -398,8 +400,6 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     a Monte-Carlo estimate of the posterior mean, which is what minimises the squared error when the
     samples disagree. K × the sampling time; one decode.
     """
-    if options.samples < 1:
-        raise ValueError(f"samples must be at least 1, got {options.samples}")
     sch = schedule_for(model, options.steps)
     runs = options.samples
     step_index = [0]

@@ -71,6 +71,16 @@ class Restorer:
         self.precision = precision
         self.weights = Path(weights)
 
+    @property
+    def default_sampler(self):
+        """The model file's ``default_sampler``; the reference's 'sde' when it names none."""
+        return self.model.metadata.get("default_sampler", "sde")
+
+    @property
+    def default_samples(self):
+        """The model file's ``default_samples`` (reverse runs averaged); 1 when it names none."""
+        return int(self.model.metadata.get("default_samples", 1))
+
     def restore(self, image, *, steps=None, sampler=None, seed=0, tile=None, overlap=None, mode="auto",
                 memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
                 compressor_tile=None, batch=None, cuda_graphs=True, samples=None):
@@ -85,9 +95,9 @@ class Restorer:
         one sampler step is captured as a CUDA graph and replayed (``cuda_graphs=False`` runs it eagerly).
         """
         if sampler is None:
-            sampler = self.model.metadata.get("default_sampler", "sde")
+            sampler = self.default_sampler
         if samples is None:
-            samples = int(self.model.metadata.get("default_samples", 1))
+            samples = self.default_samples
         if isinstance(image, (str, Path)):
             from .io import read_image
             image = read_image(image).rgb

@@ -791,17 +791,20 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
             write_rgb(d / f"{stem}_out.png", out)
             if baseline:
                 write_rgb(d / f"{stem}_dcp.png", dcp)
-    keys = [k for k in rows[0] if k.endswith("psnr") or k.endswith("ssim")] if rows else []
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    mean = _metric_means(rows)
     for r in rows:
-        for k in keys:
-            r[k] = round(float(r[k]), 4)
-    mean = {k: round(v, 4) for k, v in mean.items()}
+        r.update({k: round(float(r[k]), 4) for k in mean})
     return {"weights": str(weights), "density": density, "seed": seed,
-            "sampler": sampler or restorer.model.metadata.get("default_sampler", "sde"),
+            "sampler": sampler or restorer.default_sampler,
             "steps": steps if steps is not None else restorer.model.sde.get("T"),
-            "samples": samples or int(restorer.model.metadata.get("default_samples", 1)),
+            "samples": samples or restorer.default_samples,
             "per_image": rows, "mean": mean}
+
+
+def _metric_means(rows):
+    """Mean of every PSNR / SSIM column of the per-image rows, rounded to 4 decimals."""
+    keys = [k for k in rows[0] if k.endswith("psnr") or k.endswith("ssim")] if rows else []
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
 
 
 def _eval_images(images):
@@ -822,57 +825,51 @@ def evaluate_grid(weights, images, densities=("moderate",), seeds=(0,), save_roo
     per density, the mean over images × seeds of every PSNR / SSIM column. Images go to
     ``save_root/DENSITY_seedN`` when ``save_root`` is given."""
     from .restorer import Restorer
-    threads = options.pop("threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
     images = _eval_images(images)
     restorer = Restorer(weights=weights, device="cpu")
     runs, summary = [], {}
     for density in densities:
-        for seed in seeds:
-            save_dir = Path(save_root) / f"{density}_seed{seed}" if save_root is not None else None
-            runs.append(evaluate(weights, images, density=density, seed=seed, restorer=restorer, save_dir=save_dir,
-                                 **options))
-        rows = [r for run in runs if run["density"] == density for r in run["per_image"]]
-        keys = [k for k in rows[0] if k.endswith("psnr") or k.endswith("ssim")] if rows else []
-        summary[density] = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
-        summary[density]["n"] = len(rows)
+        density_runs = [evaluate(weights, images, density=density, seed=seed, restorer=restorer,
+                                 save_dir=None if save_root is None else Path(save_root) / f"{density}_seed{seed}",
+                                 **options)
+                        for seed in seeds]
+        rows = [r for run in density_runs for r in run["per_image"]]
+        summary[density] = {**_metric_means(rows), "n": len(rows)}
+        runs += density_runs
     return {"weights": str(weights), "seeds": list(seeds), "runs": runs, "summary": summary}
 
 
 def summary_table(grid):
     """Per-density means of ``evaluate_grid`` as a markdown table."""
     has_dcp = any("dcp_psnr" in m for m in grid["summary"].values())
-    run = grid["runs"][0]
-    head = "| haze density | n | hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
-        f" model ({_method(run)}) PSNR / SSIM |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for density, m in grid["summary"].items():
-        line = f"| {density} | {m['n']} | {m['hazy_psnr']:.2f} / {m['hazy_ssim']:.3f} |"
-        if has_dcp:
-            line += f" {m['dcp_psnr']:.2f} / {m['dcp_ssim']:.3f} |"
-        lines.append(line + f" {m['psnr']:.2f} / {m['ssim']:.3f} |")
+    lines = _table_head("| haze density | n |", has_dcp, grid["runs"][0])
+    lines += [f"| {density} | {m['n']} |" + _metric_cells(m, has_dcp) for density, m in grid["summary"].items()]
     return "\n".join(lines)
 
 
-def _method(result):
-    text = f"{result['sampler']}, {result['steps']} steps"
-    return text + (f", mean of {result['samples']} samples" if result.get("samples", 1) > 1 else "")
+def _table_head(first_columns, has_dcp, result):
+    """Header and rule of an evaluation table: ``first_columns``, then hazy, DCP and model columns."""
+    method = f"{result['sampler']}, {result['steps']} steps"
+    if result.get("samples", 1) > 1:
+        method += f", mean of {result['samples']} samples"
+    head = first_columns + " hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
+        f" model ({method}) PSNR / SSIM |"
+    return [head, "|" + "---|" * (head.count("|") - 1)]
+
+
+def _metric_cells(r, has_dcp):
+    """The hazy, DCP and model PSNR / SSIM cells of one table row."""
+    s = f" {r['hazy_psnr']:.2f} / {r['hazy_ssim']:.3f} |"
+    if has_dcp:
+        s += f" {r['dcp_psnr']:.2f} / {r['dcp_ssim']:.3f} |"
+    return s + f" {r['psnr']:.2f} / {r['ssim']:.3f} |"
 
 
 def markdown_table(result):
     """The evaluation as a markdown table (PSNR dB / SSIM of hazy input, DCP and the model)."""
     has_dcp = bool(result["per_image"]) and "dcp_psnr" in result["per_image"][0]
-    head = "| image | size | mean t | hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
-        f" model ({_method(result)}) PSNR / SSIM |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-
-    def cells(r, mt):
-        s = f" {r['hazy_psnr']:.2f} / {r['hazy_ssim']:.3f} |"
-        if has_dcp:
-            s += f" {r['dcp_psnr']:.2f} / {r['dcp_ssim']:.3f} |"
-        return s + f" {r['psnr']:.2f} / {r['ssim']:.3f} |"
+    lines = _table_head("| image | size | mean t |", has_dcp, result)
     for r in result["per_image"]:
-        lines.append(f"| {r['name']} | {r['size']} | {r['mean_transmission']:.2f} |" + cells(r, True))
-    lines.append("| **mean** | | |" + cells(result["mean"], False))
+        lines.append(f"| {r['name']} | {r['size']} | {r['mean_transmission']:.2f} |" + _metric_cells(r, has_dcp))
+    lines.append("| **mean** | | |" + _metric_cells(result["mean"], has_dcp))
     return "\n".join(lines)
