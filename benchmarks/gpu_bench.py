@@ -91,6 +91,9 @@ def parse_args(argv=None):
                     help="dtypes for which the TILEDIFF_KERNELS_LN=separate variant of the fused path "
                          "is also timed (default fp16; pass none to skip)")
     ap.add_argument("--channels-last", action="store_true", help="time channels-last inputs")
+    ap.add_argument("--breakdown-channels", type=int, nargs="*", default=[64, 256],
+                    help="channel counts at which each fused launch is also timed on its own")
+    ap.add_argument("--breakdown-dtypes", nargs="*", default=["fp16"], choices=list(DTYPES))
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU smoke test: tiny shapes, reference only, one timed run, no GPU needed")
     ap.add_argument("--dry-run-compile", action="store_true",
@@ -327,6 +330,93 @@ def bench_block_compile(args, dev, timer, deadline, rows, peak):
         print_row(row, peak, tag="compile")
 
 
+def measure_copy_bandwidth(dev, nbytes=2 * 2 ** 30, iters=20):
+    """The practical DRAM ceiling: a device-to-device copy of nbytes (random data), counting the
+    bytes read plus the bytes written, median of iters runs timed with CUDA events."""
+    src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        dst.copy_(src)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    ok = bool(torch.equal(dst[:4096], src[:4096]))
+    del src, dst
+    torch.cuda.empty_cache()
+    ms = statistics.median(times)
+    return dict(bytes_moved=2 * nbytes, median_ms=ms, Bps=2 * nbytes / (ms * 1e-3), copy_checked=ok)
+
+
+# elements moved per pixel by each fused launch, in units of c (see the module docstring)
+STAGE_ELEMS = {"conv1+LN1": 3, "dwconv+gate+pool": 3, "sca": 0, "conv3+SCA+res": 3,
+               "conv4+LN2+gate": 2, "conv5+res": 3}
+
+
+def bench_breakdown(args, dev, timer, deadline, results):
+    """Each of the fused block's launches timed on its own (fp16 by default), to show which one
+    is furthest from the bandwidth ceiling."""
+    from tilediff.kernels import nafblock as nb
+    if args.dry_run or not nb.kernels_available(dev):
+        return
+    from tilediff.kernels import triton_kernels as tk
+    B, (H, W) = args.batch, args.size
+    out = results.setdefault("breakdown", [])
+    for dname in args.breakdown_dtypes:
+        for c in args.breakdown_channels:
+            if time.time() > deadline:
+                out.append(dict(dtype=dname, c=c, skipped="time budget"))
+                continue
+            row = dict(dtype=dname, c=c, stages={})
+            try:
+                x, p, mods = make_block(B, c, H, W, DTYPES[dname], dev, args.channels_last)
+                m = nb.NAFMods.coerce(mods)
+                es = x.element_size()
+                u = tk.conv1x1_fused(x, p.w1, p.b1, ln=(p.g1, m.scale_att, m.shift_att))
+                pool = torch.zeros((B, c), device=dev, dtype=torch.float32)
+                x1, _ = tk.dwconv_gate_pool(u, p.w2, p.b2, pool=pool)
+                s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)
+                y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
+                x2 = tk.conv1x1_fused(y, p.w4, p.b4, ln=(p.g2, m.scale_ffn, m.shift_ffn), gate=True)
+                stages = {
+                    "conv1+LN1": lambda: tk.conv1x1_fused(x, p.w1, p.b1, ln=(p.g1, m.scale_att, m.shift_att), out=u),
+                    "dwconv+gate+pool": lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_()),
+                    "sca": lambda: tk.sca_vector(pool, H * W, p.w_sca, p.b_sca, out=s),
+                    "conv3+SCA+res": lambda: tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y),
+                    "conv4+LN2+gate": lambda: tk.conv1x1_fused(y, p.w4, p.b4, ln=(p.g2, m.scale_ffn, m.shift_ffn),
+                                                               gate=True, out=x2),
+                    "conv5+res": lambda: tk.conv1x1_fused(x2, p.w5, p.b5, residual=y, coef=p.gamma),
+                }
+                total = 0.0
+                for name, fn in stages.items():
+                    ms = timer(fn)
+                    total += ms
+                    nbytes = STAGE_ELEMS[name] * B * c * H * W * es
+                    row["stages"][name] = dict(ms=ms, GBps=(nbytes / (ms * 1e-3) / 1e9) if nbytes else None)
+                row["sum_ms"] = total
+                act = torch.empty_like(x)
+                row["copy_activation_ms"] = timer(lambda: act.copy_(x))   # one c-channel read + write
+                del x, p, mods, u, x1, y, x2, act
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            finally:
+                torch.cuda.empty_cache()
+            out.append(row)
+            print(f"[breakdown] {dname} c={c}: " + ", ".join(
+                f"{k} {v['ms']:.3f} ms" + (f" ({v['GBps']:.0f} GB/s)" if v["GBps"] else "")
+                for k, v in row["stages"].items()) + f"; activation copy {row.get('copy_activation_ms', float('nan')):.3f} ms",
+                flush=True)
+
+
+COPY_BW = None   # measured device-to-device copy bandwidth (bytes/s), set by main
+
+
 def derived(row, peak):
     out = {}
     for k in ("eager_ms", "compile_ms", "fused_ms", "fused_sep_ln_ms"):
@@ -341,6 +431,8 @@ def derived(row, peak):
         out["fused_model_GBps"] = bw / 1e9
         if peak:
             out["fused_model_frac_peak"] = bw / peak
+        if COPY_BW:
+            out["fused_model_frac_copy"] = bw / COPY_BW
     for k in ("compile_ms", "fused_ms"):
         if row.get(k) and row.get("eager_ms"):
             out[f"speedup_{k[:-3]}_vs_eager"] = row["eager_ms"] / row[k]
@@ -438,11 +530,17 @@ def bench_network(args, dev, timer, deadline, results, compile_phase=False):
                         if run["fused_calls_per_forward"] == 0:
                             run["note"] = "the network did not call fused_nafblock_forward"
                         run["kernels_ms"] = timer(lambda: net(x, cond, t))
+                        with torch.inference_mode():   # same forward, eager vs fused (same TF32 flags)
+                            out_k = net(x, cond, t)
+                            os.environ["TILEDIFF_KERNELS"] = "0"
+                            out_e = net(x, cond, t)
+                            os.environ["TILEDIFF_KERNELS"] = "1"
+                        run["kernels_rel_err"] = rel_err(out_k, out_e)
                         try:   # the same forward captured once as a CUDA graph (as the sampler does)
                             from tilediff.cuda_graphs import GraphedNoise
                             graphed = GraphedNoise(lambda xx, tt: net(xx, cond, tt), dev)
                             with torch.inference_mode():
-                                graphed(x, 50)
+                                run["graph_rel_err"] = rel_err(graphed(x, 50), out_k)
                             if graphed.failed:
                                 run["graph_note"] = "capture failed (see stderr)"
                             run["kernels_graph_ms"] = timer(lambda: graphed(x, 50))
@@ -498,23 +596,38 @@ def markdown(results):
         lines += [f"Tests (compiled, `tests/test_kernels.py`): rc={results['pytest'].get('rc')} "
                   f"{results['pytest'].get('summary') or ''}", ""]
     lines += [f"min bytes = (2·B·c·H·W + params + 4·B·c)·elem; fused model bytes = (14·B·c·H·W + params + 4·B·c)·elem; "
-              f"peak = {peak / 1e12:.2f} TB/s" if peak else "peak bandwidth unknown for this device", ""]
+              f"peak = {peak / 1e12:.2f} TB/s (datasheet)" if peak else "peak bandwidth unknown for this device", ""]
+    copy = results["device"].get("copy") or {}
+    if copy.get("Bps"):
+        lines += [f"Measured ceiling: a {copy['bytes_moved'] / 2 ** 31:.0f} GiB device-to-device copy moves "
+                  f"{copy['Bps'] / 1e12:.2f} TB/s (read + write, median of 20); '% copy' columns use it.", ""]
     lines += ["| dtype | c | eager ms | compile ms | fused ms | fused sep-LN ms | fused vs eager | fused vs compile "
-              "| fused GB/s (min) | % peak (min) | % peak (fused model) | eager % peak | rel err |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| fused GB/s (min) | % peak (min) | % peak (fused model) | % copy (fused model) | eager % peak | rel err |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["block"]:
         d = derived(row, peak)
         pct = (lambda v: "—" if v is None else f"{100 * v:.0f}%")
         note = row.get("error") or row.get("skipped") or ""
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             row["dtype"], row["c"], _f(row.get("eager_ms"), ".3f"),
             _f(row.get("compile_ms"), ".3f") if row.get("compile_ms") else (row.get("compile_skipped") or row.get("compile_error") or "—"),
             _f(row.get("fused_ms"), ".3f"), _f(row.get("fused_sep_ln_ms"), ".3f"),
             _f(d.get("speedup_fused_vs_eager"), ".2f") + "x" if d.get("speedup_fused_vs_eager") else "—",
             _f(d.get("speedup_fused_vs_compile"), ".2f") + "x" if d.get("speedup_fused_vs_compile") else "—",
             _f(d.get("fused_GBps"), ".0f"), pct(d.get("fused_frac_peak")), pct(d.get("fused_model_frac_peak")),
-            pct(d.get("eager_frac_peak")),
+            pct(d.get("fused_model_frac_copy")), pct(d.get("eager_frac_peak")),
             (_f(row.get("fused_rel_err"), ".1e") + (f" {note}" if note else ""))))
+    if results.get("breakdown"):
+        lines += ["", "## fused launches one by one", "",
+                  "| dtype | c | " + " | ".join(STAGE_ELEMS) + " | sum ms | activation copy ms |",
+                  "|---|---:|" + "---:|" * (len(STAGE_ELEMS) + 2)]
+        for r in results["breakdown"]:
+            st = r.get("stages", {})
+            cells = [(_f(st[k]["ms"], ".3f") + (f" ({st[k]['GBps']:.0f} GB/s)" if st[k].get("GBps") else ""))
+                     if k in st else "—" for k in STAGE_ELEMS]
+            lines.append(f"| {r['dtype']} | {r['c']} | " + " | ".join(cells) +
+                         f" | {_f(r.get('sum_ms'), '.3f')} | {_f(r.get('copy_activation_ms'), '.3f')} |"
+                         + (f" {r.get('error') or r.get('skipped')}" if r.get("error") or r.get("skipped") else ""))
     net = results.get("network")
     if net:
         lines += ["", "## latent noise network, one forward", ""]
@@ -523,15 +636,18 @@ def markdown(results):
         else:
             lines += [f"config {json.dumps(net.get('config'))}, input {net.get('input_shape')}", "",
                       "| dtype | eager ms | compile ms | kernels (TILEDIFF_KERNELS=1) ms | kernels + CUDA graph ms "
-                      "| fused calls/forward | note |",
-                      "|---|---:|---:|---:|---:|---:|---|"]
+                      "| kernels vs eager | fused calls/forward | rel err fused/eager | rel err graph/fused | note |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
             merged = {}
             for r in net.get("runs", []):
                 merged.setdefault(r["dtype"], {}).update(r)
             for dname, r in merged.items():
+                best = min([v for v in (r.get("kernels_ms"), r.get("kernels_graph_ms")) if v] or [0])
+                speed = f"{r['eager_ms'] / best:.2f}x" if best and r.get("eager_ms") else "—"
                 lines.append(f"| {dname} | {_f(r.get('eager_ms'), '.2f')} | {_f(r.get('compile_ms'), '.2f')} | "
-                             f"{_f(r.get('kernels_ms'), '.2f')} | {_f(r.get('kernels_graph_ms'), '.2f')} | "
-                             f"{r.get('fused_calls_per_forward', '—')} | "
+                             f"{_f(r.get('kernels_ms'), '.2f')} | {_f(r.get('kernels_graph_ms'), '.2f')} | {speed} | "
+                             f"{r.get('fused_calls_per_forward', '—')} | {_f(r.get('kernels_rel_err'), '.1e')} | "
+                             f"{_f(r.get('graph_rel_err'), '.1e')} | "
                              f"{r.get('error') or r.get('note') or r.get('graph_note') or r.get('skipped') or r.get('compile_skipped') or ''} |")
     return "\n".join(lines) + "\n"
 
@@ -576,6 +692,14 @@ def main(argv=None):
     )
     if args.pytest_rc is not None:
         results["pytest"] = dict(rc=args.pytest_rc, summary=args.pytest_summary)
+    if dev.type == "cuda":
+        try:
+            results["device"]["copy"] = measure_copy_bandwidth(dev)
+            print(f"device-to-device copy: {results['device']['copy']['Bps'] / 1e12:.2f} TB/s (read + write)")
+        except Exception as exc:
+            results["device"]["copy"] = dict(error=f"{type(exc).__name__}: {exc}")
+    global COPY_BW
+    COPY_BW = results["device"].get("copy", {}).get("Bps")
     print(f"device: {name}, peak {peak / 1e12 if peak else float('nan'):.2f} TB/s, budget {args.budget_s:.0f}s")
     timer = Timer(dev, args.iters, args.warmup)
 
@@ -601,6 +725,8 @@ def main(argv=None):
         verify(args, dev, results)
         save()
     rows = bench_block(args, dev, timer, deadline, results, peak)
+    save()
+    bench_breakdown(args, dev, timer, deadline, results)
     save()
     if not args.no_network:
         bench_network(args, dev, timer, deadline, results)

@@ -3,15 +3,20 @@
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [extra benchmarks/gpu_bench.py arguments...]
 #
-# 1. python -m pytest -q tests/test_kernels.py tests/test_cuda_graphs.py with TRITON_INTERPRET unset (kernels compiled for
-#    the GPU; the tests pick the cuda device).  If pytest is not installed, gpu_bench.py --verify
-#    does a fused-vs-reference check instead.
-# 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16).
+# 0. Installs this checkout editable if tilediff does not import (no network needed); measures
+#    the device-to-device copy bandwidth (the practical ceiling the '% copy' columns use).
+# 1. python -m pytest -q tests/test_kernels.py tests/test_cuda_graphs.py with TRITON_INTERPRET unset
+#    (kernels compiled for the GPU; the tests pick the cuda device; -n 8 with pytest-xdist).  If
+#    pytest is not installed or fails, gpu_bench.py --verify also checks fused vs reference.
 # 2. python benchmarks/gpu_bench.py OUT_DIR --budget-s <what is left of ~7.5 minutes>
 #    (one NAFBlock at c=64..512, 16xcx128x128, fp16/bf16/fp32: eager vs torch.compile vs fused;
-#    then the latent network).  Results: OUT_DIR/gpu_<device>_<date>.json/.md, plus
-#    OUT_DIR/pytest_kernels.log and OUT_DIR/gpu_check.log.
-# Needs only torch (CUDA) + triton; tilediff is used from this checkout (installed editable or not).
+#    each fused launch alone at c=64 and 256; then the latent network at 750x500, eager / fused /
+#    fused + CUDA graph, with the relative error of each against eager).
+# 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16).
+# Results: OUT_DIR/gpu_<device>_<date>.json/.md, OUT_DIR/gpu_restore_<device>_<date>.json,
+# OUT_DIR/pytest_kernels.log and OUT_DIR/gpu_check.log (5 files).
+# Needs torch (CUDA) + triton and tilediff's dependencies; run it with the python that has them
+# (PYTHON=..., default python3).
 set -u -o pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +28,7 @@ OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 LOG="$OUT_DIR/gpu_check.log"
 TOTAL_BUDGET="${GPU_CHECK_BUDGET_S:-450}"   # seconds for the whole script (kept under 8 minutes)
 PYTEST_TIMEOUT="${GPU_CHECK_PYTEST_S:-210}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 SECONDS=0
 
 log() { echo "[gpu_check ${SECONDS}s] $*" | tee -a "$LOG"; }
@@ -43,20 +48,27 @@ except Exception as exc:
     print("triton import failed:", exc)
 EOF
 
-# tilediff importable?  (kernels/ is installed as tilediff.kernels by setup.py; without an editable
-# install, build a shim package folder that maps it)
+# tilediff importable?  kernels/ and weights/ are installed as tilediff.kernels and
+# tilediff.shipped_weights by setup.py, so a bare checkout does not import: install it editable
+# (no network, no build isolation).  If that fails, run from a flattened copy of the checkout.
 if ! "$PY" -c "import tilediff.kernels.nafblock" >/dev/null 2>&1; then
-    SHIM="$(mktemp -d)/shim"
-    mkdir -p "$SHIM/tilediff"
-    for entry in "$REPO"/tilediff/*; do ln -s "$entry" "$SHIM/tilediff/$(basename "$entry")"; done
-    ln -s "$REPO/kernels" "$SHIM/tilediff/kernels"
-    export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-    if "$PY" -c "import tilediff.kernels.nafblock" >/dev/null 2>&1; then
-        log "tilediff not installed: using shim package at $SHIM"
-    else
-        log "ERROR: cannot import tilediff.kernels"
-        "$PY" -c "import tilediff.kernels.nafblock" 2>&1 | tail -5 | tee -a "$LOG"
+    log "installing tilediff editable (pip --no-deps --no-build-isolation --no-index)"
+    "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >> "$LOG" 2>&1
+    if ! "$PY" -c "import tilediff.kernels.nafblock" >/dev/null 2>&1; then
+        FLAT="$(mktemp -d)/tilediff_flat"
+        mkdir -p "$FLAT"
+        cp -r tilediff tests benchmarks "$FLAT"/
+        cp -r kernels "$FLAT/tilediff/kernels"
+        cp -r weights "$FLAT/tilediff/shipped_weights"
+        cd "$FLAT"
+        export PYTHONPATH="$FLAT${PYTHONPATH:+:$PYTHONPATH}"
+        log "editable install failed: running from the flattened copy $FLAT"
     fi
+fi
+if "$PY" -c "import tilediff.kernels.nafblock, tilediff; print('tilediff from', tilediff.__file__)" 2>&1 | tee -a "$LOG"; then
+    :
+else
+    log "ERROR: cannot import tilediff.kernels"
 fi
 
 # 1. compiled tests
@@ -66,8 +78,10 @@ PYTEST_SUMMARY="not run"
 EXTRA_VERIFY=()
 if "$PY" -c "import pytest" >/dev/null 2>&1; then
     log "pytest tests/test_kernels.py tests/test_cuda_graphs.py (compiled, timeout ${PYTEST_TIMEOUT}s)"
-    timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels.py tests/test_cuda_graphs.py \
-        > "$OUT_DIR/pytest_kernels.log" 2>&1
+    XDIST=()   # compile the many kernel specialisations in parallel processes when pytest-xdist is there
+    "$PY" -c "import xdist" >/dev/null 2>&1 && XDIST=(-n 8)
+    timeout -k 10 "$PYTEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -rs ${XDIST[@]+"${XDIST[@]}"} \
+        tests/test_kernels.py tests/test_cuda_graphs.py > "$OUT_DIR/pytest_kernels.log" 2>&1
     PYTEST_RC=$?
     PYTEST_SUMMARY="$(grep -E '(passed|failed|error|skipped)' "$OUT_DIR/pytest_kernels.log" | tail -1)"
     [ "$PYTEST_RC" = 124 ] && PYTEST_SUMMARY="timed out after ${PYTEST_TIMEOUT}s; $PYTEST_SUMMARY"
