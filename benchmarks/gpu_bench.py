@@ -91,6 +91,17 @@ def parse_args(argv=None):
                     help="dtypes for which the TILEDIFF_KERNELS_LN=separate variant of the fused path "
                          "is also timed (default fp16; pass none to skip)")
     ap.add_argument("--channels-last", action="store_true", help="time channels-last inputs")
+    ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay timings of the block")
+    ap.add_argument("--sweep", action="store_true",
+                    help="try alternative launch configurations for every fused launch at the --sweep-shapes "
+                         "(fp16; after the block and network timings, which use the heuristics), keep each "
+                         "one that beats the heuristic by > 3%% and write them to OUT_DIR/kernel_configs.json")
+    ap.add_argument("--sweep-budget-s", type=float, default=80.0, help="seconds the sweep may take at most")
+    ap.add_argument("--sweep-shapes", nargs="*", default=["16x64x128x128", "1x512x63x94"],
+                    help="BxCxHxW shapes to sweep (default: the criterion block; the network's deepest blocks "
+                         "on the 750x500 latent)")
+    ap.add_argument("--compile-only", nargs="*", default=None, metavar="DTYPE:C",
+                    help="torch.compile timings only for these blocks (e.g. fp16:64); default all")
     ap.add_argument("--breakdown-channels", type=int, nargs="*", default=[64, 256],
                     help="channel counts at which each fused launch is also timed on its own")
     ap.add_argument("--breakdown-dtypes", nargs="*", default=["fp16"], choices=list(DTYPES))
@@ -146,6 +157,21 @@ class Timer:
                 events.append((s, e))
             torch.cuda.synchronize()
             return statistics.median(s.elapsed_time(e) for s, e in events)
+
+
+def graph_replay(fn):
+    """fn captured once in a CUDA graph (after two warm-up calls); returns the replay callable."""
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    return graph.replay
 
 
 def rel_err(a, b):
@@ -222,11 +248,16 @@ def bench_block(args, dev, timer, deadline, results, peak):
                     del out, ref
                     row["fused_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
                     if dname in args.separate_ln_dtypes:
-                        os.environ["TILEDIFF_KERNELS_LN"] = "separate"
-                        try:
-                            row["fused_sep_ln_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
-                        finally:
-                            os.environ.pop("TILEDIFF_KERNELS_LN", None)
+                        for mode in ("fused", "separate"):
+                            os.environ["TILEDIFF_KERNELS_LN"] = mode
+                            try:
+                                row[f"fused_ln_{mode}_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
+                            finally:
+                                os.environ.pop("TILEDIFF_KERNELS_LN", None)
+                    if dev.type == "cuda" and not args.no_graph:
+                        # device time without the host's launch gaps: both paths replayed from a graph
+                        row["eager_graph_ms"] = timer(graph_replay(lambda: nb.reference_nafblock_forward(x, p, mods)))
+                        row["fused_graph_ms"] = timer(graph_replay(lambda: nb.fused_nafblock_forward(x, p, mods)))
                 del x, p, mods
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
@@ -303,6 +334,9 @@ def bench_block_compile(args, dev, timer, deadline, rows, peak):
     last_compile = 30.0
     for (dname, c), row in rows.items():
         if "eager_ms" not in row:
+            continue
+        if args.compile_only is not None and f"{dname}:{c}" not in args.compile_only:
+            row["compile_skipped"] = "not asked for"
             continue
         left = deadline - time.time()
         if left < 1.5 * last_compile + 10:
@@ -417,9 +451,135 @@ def bench_breakdown(args, dev, timer, deadline, results):
 COPY_BW = None   # measured device-to-device copy bandwidth (bytes/s), set by main
 
 
+# launch-configuration candidates tried by --sweep (merged into the heuristic's configuration)
+GEMM_CANDIDATES = [dict(BLOCK_N=64, num_warps=4, num_stages=2), dict(BLOCK_N=128, num_warps=4, num_stages=3),
+                   dict(BLOCK_N=128, num_warps=8, num_stages=3), dict(BLOCK_N=256, num_warps=8, num_stages=3),
+                   dict(BLOCK_N=64, num_warps=2, num_stages=3), dict(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=3)]
+DW_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
+                 for bc, bp, w in [(4, 512, 4), (8, 512, 8), (16, 128, 4), (16, 256, 8), (2, 1024, 4), (32, 64, 4)]]
+LN_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
+                 for bc, bp, w in [(32, 128, 4), (16, 256, 4), (64, 64, 4), (8, 256, 4), (32, 256, 8)]]
+SWEEP_GAIN = 0.97   # a candidate is kept only when it takes under 97% of the heuristic's time
+
+
+def sweep_stages(x, p, mods, pool):
+    """The fused block's launches grouped by launch-configuration key (launches that share a key,
+    e.g. conv3 and conv5, are timed together): [(name, key, default cfg, candidates, fn)].
+    fn() runs the group and returns its last output."""
+    from tilediff.kernels import nafblock as nb
+    from tilediff.kernels import triton_kernels as tk
+    m = nb.NAFMods.coerce(mods)
+    B, c, H, W = x.shape
+    dt = x.dtype
+    sep = nb.separate_layernorm(c)
+    t1 = tk.ln_modulate(x, p.g1, m.scale_att, m.shift_att) if sep else x
+    ln1 = None if sep else (p.g1, m.scale_att, m.shift_att)
+    ln2 = None if sep else (p.g2, m.scale_ffn, m.shift_ffn)
+    u = tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1)
+    x1, _ = tk.dwconv_gate_pool(u, p.w2, p.b2, pool=pool.zero_())
+    s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)
+    y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
+    t2 = tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn) if sep else y
+    x2 = tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True)
+    out = torch.empty_like(x)
+    groups = [
+        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep), tk._gemm_cfg(c, 2 * c, dt, False),
+         GEMM_CANDIDATES, lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
+        ("dwconv+gate+pool", ("dw", c, False), tk._dw_cfg(c, False), DW_CANDIDATES,
+         lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_())[0]),
+        ("conv3+conv5", ("gemm", c, c, dt, False, False), tk._gemm_cfg(c, c, dt, False), GEMM_CANDIDATES,
+         lambda: (tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y),
+                  tk.conv1x1_fused(x2, p.w5, p.b5, residual=y, coef=p.gamma, out=out))[1]),
+        ("conv4+gate" + ("" if sep else "+LN2"), ("gemm", c, c, dt, True, not sep), tk._gemm_cfg(c, c, dt, True),
+         GEMM_CANDIDATES, lambda: tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True, out=x2)),
+    ]
+    if sep:
+        groups.insert(0, ("LN1+LN2", ("ln", c, False), tk._ln_cfg(c, False), LN_CANDIDATES,
+                          lambda: (tk.ln_modulate(x, p.g1, m.scale_att, m.shift_att, out=t1),
+                                   tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn, out=t2))[1]))
+    return groups
+
+
+def bench_sweep(args, dev, timer, deadline, results):
+    """Try the candidate launch configurations of every fused launch at each --sweep-shapes (fp16);
+    keep the fastest where it beats the heuristic by > 3% (in tk.CONFIG_OVERRIDES, so the rest of
+    the run uses it), then time the whole block with and without the kept ones, back to back."""
+    from tilediff.kernels import nafblock as nb
+    from tilediff.kernels import triton_kernels as tk
+    if not args.sweep or args.dry_run or not nb.kernels_available(dev):
+        return
+    out = results.setdefault("sweep", [])
+    for text in args.sweep_shapes:
+        B, c, H, W = (int(v) for v in text.lower().split("x"))
+        entry = dict(shape=[B, c, H, W], dtype="fp16", groups={})
+        out.append(entry)
+        try:
+            x, p, mods = make_block(B, c, H, W, torch.float16, dev, seed=3)
+            pool = torch.zeros((B, c), device=dev, dtype=torch.float32)
+            with torch.inference_mode():
+                groups = sweep_stages(x, p, mods, pool)
+            for name, key, default, candidates, fn in groups:
+                if time.time() > deadline:
+                    entry["groups"][name] = dict(skipped="time budget")
+                    continue
+                tk.CONFIG_OVERRIDES.pop(key, None)
+                with torch.inference_mode():
+                    ref = fn().clone()
+                g = dict(key=tk.override_key_to_text(key), default=default, default_ms=timer(fn), candidates=[])
+                best_cfg, best_ms = None, g["default_ms"]
+                for cand in candidates:
+                    if time.time() > deadline:
+                        break
+                    cfg = dict(default, **cand)
+                    if cfg == default:
+                        continue
+                    tk.CONFIG_OVERRIDES[key] = cfg
+                    try:
+                        with torch.inference_mode():
+                            err = rel_err(fn(), ref)
+                        ms = timer(fn)
+                        g["candidates"].append(dict(cfg=cfg, ms=ms, rel_err=err))
+                        if err <= 1e-2 and ms < SWEEP_GAIN * g["default_ms"] and ms < best_ms:
+                            best_cfg, best_ms = cfg, ms
+                    except Exception as exc:
+                        g["candidates"].append(dict(cfg=cfg, error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+                    finally:
+                        tk.CONFIG_OVERRIDES.pop(key, None)
+                if best_cfg is not None:
+                    tk.CONFIG_OVERRIDES[key] = best_cfg
+                g["chosen"], g["chosen_ms"] = best_cfg, best_ms
+                entry["groups"][name] = g
+                print(f"[sweep] {text} {name}: heuristic {g['default_ms']:.3f} ms, "
+                      + (f"kept {best_cfg} {best_ms:.3f} ms" if best_cfg else "heuristic kept"), flush=True)
+            # the whole block, heuristic vs kept configurations, back to back
+            kept = {k: v for k, v in tk.CONFIG_OVERRIDES.items()}
+            tk.CONFIG_OVERRIDES.clear()
+            entry["block_heuristic_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
+            tk.CONFIG_OVERRIDES.update(kept)
+            entry["block_kept_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
+            with torch.inference_mode():
+                entry["block_kept_rel_err"] = rel_err(nb.fused_nafblock_forward(x, p, mods),
+                                                      nb.reference_nafblock_forward(x, p, mods))
+            print(f"[sweep] {text} whole block: heuristic {entry['block_heuristic_ms']:.3f} ms, "
+                  f"kept configurations {entry['block_kept_ms']:.3f} ms", flush=True)
+            del x, p, mods, pool, groups
+        except Exception as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        finally:
+            torch.cuda.empty_cache()
+    results["config_overrides"] = {tk.override_key_to_text(k): v for k, v in tk.CONFIG_OVERRIDES.items()}
+    if results["config_overrides"]:
+        path = os.path.join(args.out_dir, "kernel_configs.json")
+        with open(path, "w") as f:
+            json.dump(results["config_overrides"], f, indent=1)
+        print(f"[sweep] kept configurations written to {path} (TILEDIFF_KERNEL_CONFIGS={path} applies them)")
+
+
 def derived(row, peak):
     out = {}
-    for k in ("eager_ms", "compile_ms", "fused_ms", "fused_sep_ln_ms"):
+    for k in ("eager_ms", "compile_ms", "fused_ms", "fused_ln_fused_ms", "fused_ln_separate_ms",
+              "eager_graph_ms", "fused_graph_ms", "fused_tuned_ms"):
         ms = row.get(k)
         if ms and row.get("min_bytes"):
             bw = row["min_bytes"] / (ms * 1e-3)
@@ -433,6 +593,8 @@ def derived(row, peak):
             out["fused_model_frac_peak"] = bw / peak
         if COPY_BW:
             out["fused_model_frac_copy"] = bw / COPY_BW
+    if row.get("fused_graph_ms") and row.get("eager_graph_ms"):
+        out["speedup_graph_fused_vs_eager"] = row["eager_graph_ms"] / row["fused_graph_ms"]
     for k in ("compile_ms", "fused_ms"):
         if row.get(k) and row.get("eager_ms"):
             out[f"speedup_{k[:-3]}_vs_eager"] = row["eager_ms"] / row[k]
@@ -449,7 +611,8 @@ def print_row(row, peak, tag="block"):
     d = derived(row, peak)
     msg = (f"[{tag}] {row['dtype']} c={row['c']}: eager {_f(row.get('eager_ms'), '.3f')} ms, "
            f"compile {_f(row.get('compile_ms'), '.3f')} ms, fused {_f(row.get('fused_ms'), '.3f')} ms "
-           f"(sep-LN {_f(row.get('fused_sep_ln_ms'), '.3f')}), fused {_f(d.get('fused_GBps'), '.0f')} GB/s "
+           f"(LN in GEMM {_f(row.get('fused_ln_fused_ms'), '.3f')}, separate {_f(row.get('fused_ln_separate_ms'), '.3f')}; "
+           f"graphs: eager {_f(row.get('eager_graph_ms'), '.3f')}, fused {_f(row.get('fused_graph_ms'), '.3f')}), fused {_f(d.get('fused_GBps'), '.0f')} GB/s "
            f"min-bytes, rel err {_f(row.get('fused_rel_err'), '.1e')}")
     if row.get("error") or row.get("compile_error"):
         msg += f"  ERROR {row.get('error') or row.get('compile_error')}"
@@ -521,6 +684,9 @@ def bench_network(args, dev, timer, deadline, results, compile_phase=False):
                 if not compile_phase:
                     os.environ["TILEDIFF_KERNELS"] = "0"
                     run["eager_ms"] = timer(lambda: net(x, cond, t))
+                    if not args.no_graph and dev.type == "cuda":
+                        run["eager_graph_ms"] = timer(graph_replay(lambda: net(x, cond, t)))
+                    os.environ["TILEDIFF_KERNELS"] = "1"
                     if not args.dry_run and nb.kernels_available(dev):
                         os.environ["TILEDIFF_KERNELS"] = "1"
                         before = getattr(nb, "CALLS", 0)
@@ -601,22 +767,28 @@ def markdown(results):
     if copy.get("Bps"):
         lines += [f"Measured ceiling: a {copy['bytes_moved'] / 2 ** 31:.0f} GiB device-to-device copy moves "
                   f"{copy['Bps'] / 1e12:.2f} TB/s (read + write, median of 20); '% copy' columns use it.", ""]
-    lines += ["| dtype | c | eager ms | compile ms | fused ms | fused sep-LN ms | fused vs eager | fused vs compile "
-              "| fused GB/s (min) | % peak (min) | % peak (fused model) | % copy (fused model) | eager % peak | rel err |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["Columns: 'fused' is the default dispatch (LayerNorm in the GEMM below c = 128, its own kernel "
+              "from 128 up); 'LN in GEMM' / 'LN separate' force one mode (TILEDIFF_KERNELS_LN); 'graph' columns "
+              "replay each path from a CUDA graph (device time without host launch gaps).", "",
+              "| dtype | c | eager ms | compile ms | fused ms | LN in GEMM ms | LN separate ms | eager graph ms "
+              "| fused graph ms | fused vs eager | fused vs compile | graphs: fused vs eager | fused GB/s (min) "
+              "| % copy (fused model) | rel err |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["block"]:
         d = derived(row, peak)
         pct = (lambda v: "—" if v is None else f"{100 * v:.0f}%")
+        x_ = (lambda v: "—" if not v else f"{v:.2f}x")
         note = row.get("error") or row.get("skipped") or ""
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            row["dtype"], row["c"], _f(row.get("eager_ms"), ".3f"),
+        lines.append("| " + " | ".join([
+            row["dtype"], str(row["c"]), _f(row.get("eager_ms"), ".3f"),
             _f(row.get("compile_ms"), ".3f") if row.get("compile_ms") else (row.get("compile_skipped") or row.get("compile_error") or "—"),
-            _f(row.get("fused_ms"), ".3f"), _f(row.get("fused_sep_ln_ms"), ".3f"),
-            _f(d.get("speedup_fused_vs_eager"), ".2f") + "x" if d.get("speedup_fused_vs_eager") else "—",
-            _f(d.get("speedup_fused_vs_compile"), ".2f") + "x" if d.get("speedup_fused_vs_compile") else "—",
-            _f(d.get("fused_GBps"), ".0f"), pct(d.get("fused_frac_peak")), pct(d.get("fused_model_frac_peak")),
-            pct(d.get("fused_model_frac_copy")), pct(d.get("eager_frac_peak")),
-            (_f(row.get("fused_rel_err"), ".1e") + (f" {note}" if note else ""))))
+            _f(row.get("fused_ms"), ".3f"), _f(row.get("fused_ln_fused_ms"), ".3f"),
+            _f(row.get("fused_ln_separate_ms"), ".3f"), _f(row.get("eager_graph_ms"), ".3f"),
+            _f(row.get("fused_graph_ms"), ".3f"),
+            x_(d.get("speedup_fused_vs_eager")), x_(d.get("speedup_fused_vs_compile")),
+            x_(d.get("speedup_graph_fused_vs_eager")),
+            _f(d.get("fused_GBps"), ".0f"), pct(d.get("fused_model_frac_copy")),
+            _f(row.get("fused_rel_err"), ".1e") + (f" {note}" if note else "")]) + " |")
     if results.get("breakdown"):
         lines += ["", "## fused launches one by one", "",
                   "| dtype | c | " + " | ".join(STAGE_ELEMS) + " | sum ms | activation copy ms |",
@@ -628,6 +800,25 @@ def markdown(results):
             lines.append(f"| {r['dtype']} | {r['c']} | " + " | ".join(cells) +
                          f" | {_f(r.get('sum_ms'), '.3f')} | {_f(r.get('copy_activation_ms'), '.3f')} |"
                          + (f" {r.get('error') or r.get('skipped')}" if r.get("error") or r.get("skipped") else ""))
+    if results.get("sweep"):
+        lines += ["", "## launch-configuration sweep (fp16; kept when < 97% of the heuristic's time)", ""]
+        for e in results["sweep"]:
+            shape = "x".join(map(str, e["shape"]))
+            lines.append(f"{shape}: whole block heuristic {_f(e.get('block_heuristic_ms'), '.3f')} ms, with the kept "
+                         f"configurations {_f(e.get('block_kept_ms'), '.3f')} ms (rel err vs reference "
+                         f"{_f(e.get('block_kept_rel_err'), '.1e')}) {e.get('error') or ''}")
+            lines += ["", "| launch group | heuristic | heuristic ms | best candidate ms | kept |",
+                      "|---|---|---:|---:|---|"]
+            for name, g in e["groups"].items():
+                if g.get("skipped"):
+                    lines.append(f"| {name} | — | — | — | {g['skipped']} |")
+                    continue
+                timed = [cd for cd in g["candidates"] if cd.get("ms")]
+                best = min(timed, key=lambda cd: cd["ms"]) if timed else None
+                lines.append(f"| {name} | `{json.dumps(g['default'])}` | {g['default_ms']:.3f} | "
+                             f"{_f(best['ms'] if best else None, '.3f')} | "
+                             f"{('`' + json.dumps(g['chosen']) + '`') if g.get('chosen') else 'heuristic'} |")
+            lines.append("")
     net = results.get("network")
     if net:
         lines += ["", "## latent noise network, one forward", ""]
@@ -635,17 +826,19 @@ def markdown(results):
             lines.append(f"pending: {net['pending']}")
         else:
             lines += [f"config {json.dumps(net.get('config'))}, input {net.get('input_shape')}", "",
-                      "| dtype | eager ms | compile ms | kernels (TILEDIFF_KERNELS=1) ms | kernels + CUDA graph ms "
-                      "| kernels vs eager | fused calls/forward | rel err fused/eager | rel err graph/fused | note |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                      "| dtype | eager ms | compile ms | kernels (TILEDIFF_KERNELS=1) ms | kernels vs eager "
+                      "| eager + CUDA graph ms | kernels + CUDA graph ms | graphs: kernels vs eager "
+                      "| fused calls/forward | rel err fused/eager | rel err graph/fused | note |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
             merged = {}
             for r in net.get("runs", []):
                 merged.setdefault(r["dtype"], {}).update(r)
             for dname, r in merged.items():
-                best = min([v for v in (r.get("kernels_ms"), r.get("kernels_graph_ms")) if v] or [0])
-                speed = f"{r['eager_ms'] / best:.2f}x" if best and r.get("eager_ms") else "—"
+                ratio = (lambda a, b: f"{r[a] / r[b]:.2f}x" if r.get(a) and r.get(b) else "—")
                 lines.append(f"| {dname} | {_f(r.get('eager_ms'), '.2f')} | {_f(r.get('compile_ms'), '.2f')} | "
-                             f"{_f(r.get('kernels_ms'), '.2f')} | {_f(r.get('kernels_graph_ms'), '.2f')} | {speed} | "
+                             f"{_f(r.get('kernels_ms'), '.2f')} | {ratio('eager_ms', 'kernels_ms')} | "
+                             f"{_f(r.get('eager_graph_ms'), '.2f')} | {_f(r.get('kernels_graph_ms'), '.2f')} | "
+                             f"{ratio('eager_graph_ms', 'kernels_graph_ms')} | "
                              f"{r.get('fused_calls_per_forward', '—')} | {_f(r.get('kernels_rel_err'), '.1e')} | "
                              f"{_f(r.get('graph_rel_err'), '.1e')} | "
                              f"{r.get('error') or r.get('note') or r.get('graph_note') or r.get('skipped') or r.get('compile_skipped') or ''} |")
@@ -724,14 +917,18 @@ def main(argv=None):
     if args.verify:
         verify(args, dev, results)
         save()
+    # order: what the issue's criteria need first (block, its torch.compile baseline, the network),
+    # then the exploratory parts (per-launch breakdown, configuration sweep), then network compile
     rows = bench_block(args, dev, timer, deadline, results, peak)
     save()
-    bench_breakdown(args, dev, timer, deadline, results)
+    bench_block_compile(args, dev, timer, deadline, rows, peak)
     save()
     if not args.no_network:
         bench_network(args, dev, timer, deadline, results)
         save()
-    bench_block_compile(args, dev, timer, deadline, rows, peak)
+    bench_breakdown(args, dev, timer, deadline, results)
+    save()
+    bench_sweep(args, dev, timer, min(deadline, time.time() + args.sweep_budget_s), results)
     save()
     if not args.no_network:
         bench_network(args, dev, timer, deadline, results, compile_phase=True)

@@ -9,12 +9,15 @@
 #    (kernels compiled for the GPU; the tests pick the cuda device; -n 8 with pytest-xdist).  If
 #    pytest is not installed or fails, gpu_bench.py --verify also checks fused vs reference.
 # 2. python benchmarks/gpu_bench.py OUT_DIR --budget-s <what is left of ~7.5 minutes>
-#    (one NAFBlock at c=64..512, 16xcx128x128, fp16/bf16/fp32: eager vs torch.compile vs fused;
-#    each fused launch alone at c=64 and 256; then the latent network at 750x500, eager / fused /
-#    fused + CUDA graph, with the relative error of each against eager).
-# 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16).
+#    (one NAFBlock at c=64..512, 16xcx128x128, fp16/bf16/fp32: eager vs fused, both also replayed
+#    from CUDA graphs, torch.compile at fp16:64 bf16:64 fp16:512; the latent network at 750x500, eager / fused / fused + CUDA graph, with the
+#    relative error of each against eager; each fused launch alone at c=64 and 256; a sweep of
+#    launch configurations (--sweep), whose winners go to OUT_DIR/kernel_configs.json).
+# 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16) after
+#    a 2-step warm-up, plus one sampler step taken apart and profiled.
 # Results: OUT_DIR/gpu_<device>_<date>.json/.md, OUT_DIR/gpu_restore_<device>_<date>.json,
-# OUT_DIR/pytest_kernels.log and OUT_DIR/gpu_check.log (5 files).
+# OUT_DIR/gpu_restore_profile.txt, OUT_DIR/kernel_configs.json, OUT_DIR/pytest_kernels.log and
+# OUT_DIR/gpu_check.log (7 files).
 # Needs torch (CUDA) + triton and tilediff's dependencies; run it with the python that has them
 # (PYTHON=..., default python3).
 set -u -o pipefail
@@ -94,11 +97,12 @@ else
     EXTRA_VERIFY=(--verify)
 fi
 
-# 2. timings, in what is left of the budget (130 s kept for step 3)
-LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - 130 ))
+# 2. timings, in what is left of the budget (150 s kept for step 3)
+LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - 150 ))
 [ "$LEFT" -lt 60 ] && LEFT=60
 log "gpu_bench.py, budget ${LEFT}s"
-timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" \
+timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" --sweep \
+    --compile-only fp16:64 bf16:64 fp16:512 \
     --pytest-rc "$PYTEST_RC" --pytest-summary "$PYTEST_SUMMARY" ${EXTRA_VERIFY[@]+"${EXTRA_VERIFY[@]}"} "$@" 2>&1 | tee -a "$LOG"
 BENCH_RC=${PIPESTATUS[0]}
 log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
@@ -106,8 +110,8 @@ log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
 # 3. a full 100-step restoration of a 6000x4000 image (official dehazing configuration, random
 #    weights, tiled engine, fp16): fused kernels, then eager if time allows
 log "gpu_restore.py 6000x4000, 100 steps"
-timeout -k 10 125 "$PY" benchmarks/gpu_restore.py "$OUT_DIR" --size 6000x4000 --steps 100 --precision fp16 \
-    --budget-s 55 2>&1 | tee -a "$LOG"
+timeout -k 10 145 "$PY" benchmarks/gpu_restore.py "$OUT_DIR" --size 6000x4000 --steps 100 --precision fp16 \
+    --budget-s 60 2>&1 | tee -a "$LOG"
 log "gpu_restore.py rc=${PIPESTATUS[0]}; total ${SECONDS}s"
 ls -la "$OUT_DIR" | tee -a "$LOG"
 if [ "$PYTEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]; then exit 0; fi

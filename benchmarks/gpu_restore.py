@@ -3,10 +3,13 @@
   python benchmarks/gpu_restore.py OUT_DIR [--size 6000x4000] [--steps 100] [--precision fp16]
                                    [--device cuda] [--budget-s 150]
 
-Runs the tiled engine ('auto') with the fused kernels and a CUDA-graph-captured sampler step, then,
-while time is left, the fused kernels without CUDA graphs and TILEDIFF_KERNELS=0 (eager PyTorch, no
-graphs), and writes OUT_DIR/gpu_restore_<device>_<date>.json with the
-plan, seconds per stage and peak device memory. A smaller size or fewer steps on CPU is a smoke test.
+First a 2-step warm-up at the same size (Triton compiles the kernels for these shapes; its time is
+recorded apart), then the tiled engine ('auto') with the fused kernels and a CUDA-graph-captured
+sampler step, then, while time is left, the fused kernels without CUDA graphs and TILEDIFF_KERNELS=0
+(eager PyTorch, no graphs). Then one sampler step taken apart on the same latent canvas (network
+call, graph replay, positional noise, SDE update, each timed alone) and a torch.profiler table of
+3 steps. Writes OUT_DIR/gpu_restore_<device>_<date>.json (plan, seconds per stage, peak device
+memory, step parts) and gpu_restore_profile.txt. A smaller size or fewer steps on CPU is a smoke test.
 """
 import argparse
 import datetime
@@ -33,14 +36,80 @@ def official_model(device):
     return Model(noise, comp, "dehaze", "latent", task.noise_config, task.compressor_config, task.sde)
 
 
-def run_once(model, x, args, device, cuda_graphs):
+def timed(fn, device, repeat=5):
+    """Median seconds of fn() over repeat calls (device synchronised around each)."""
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return round(sorted(times)[len(times) // 2] * 1e3, 2)
+
+
+def step_parts(model, x, args, device, out_dir):
+    """Time the parts of one sampler step on the real latent canvas (ms), then profile 3 steps."""
+    from tilediff import engine, sde
+    from tilediff.cuda_graphs import GraphedNoise
+    from tilediff.noise import PositionalNoise
+    dtype = engine.DTYPES[args.precision]
+    h, w = x.shape[-2] // 8, x.shape[-1] // 8
+    mu = torch.randn(1, model.noise_config["img_channel"], h, w, generator=torch.Generator().manual_seed(1)).to(device)
+    sch = engine.schedule_for(model, args.steps)
+    fn = engine.whole_noise_fn(model.noise, mu, device, dtype)
+    noise = PositionalNoise(0)
+    xt = mu + 0.1 * torch.randn_like(mu)
+    tm = max(3, sch.T // 2)   # a middle time step (steps >= 3)
+    parts = {"canvas": [1, mu.shape[1], h, w]}
+    with torch.no_grad():
+        os.environ["TILEDIFF_KERNELS"] = "auto"
+        parts["network_fused_ms"] = timed(lambda: fn(xt, tm), device)
+        if device.type == "cuda":
+            graphed = GraphedNoise(fn, device)
+            graphed(xt, tm)
+            parts["network_fused_graph_ms"] = timed(lambda: graphed(xt, tm), device)
+            del graphed
+        os.environ["TILEDIFF_KERNELS"] = "0"
+        parts["network_eager_ms"] = timed(lambda: fn(xt, tm), device)
+        os.environ["TILEDIFF_KERNELS"] = "auto"
+        parts["positional_noise_host_ms"] = timed(lambda: noise.region(tm, mu.shape[1], 0, h, 0, w), device)
+        parts["positional_noise_to_device_ms"] = timed(lambda: noise(tm, xt), device)
+        eps = fn(xt, tm)
+        z = noise(tm, xt)
+        parts["sde_update_ms"] = timed(lambda: sde.sde_step(sch, xt, mu, eps, tm, z), device)
+        parts["step_sde_total_ms"] = timed(lambda: sde.sde_step(sch, xt, mu, fn(xt, tm), tm, noise(tm, xt)), device)
+        try:
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                state = xt
+                for t in (tm, tm - 1, tm - 2):
+                    state = sde.sde_step(sch, state, mu, fn(state, t), t, noise(t, state))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            table = prof.key_averages()
+            text = ["# 3 sampler steps (sde, fused kernels, no graph), sorted by self CPU time", "",
+                    table.table(sort_by="self_cpu_time_total", row_limit=25)]
+            if device.type == "cuda":
+                text += ["", "# sorted by device time", "",
+                         table.table(sort_by="self_cuda_time_total", row_limit=25)]
+            (Path(out_dir) / "gpu_restore_profile.txt").write_text("\n".join(text))
+        except Exception as err:
+            parts["profile_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+    return parts
+
+
+def run_once(model, x, args, device, cuda_graphs, steps=None):
     from tilediff import engine
     stats = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    engine.restore_tensor(model, x, engine.Options(steps=args.steps, precision=args.precision, stats=stats,
+    engine.restore_tensor(model, x, engine.Options(steps=steps or args.steps, precision=args.precision, stats=stats,
                                                 cuda_graphs=cuda_graphs), device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -72,6 +141,14 @@ def main():
     model = official_model(device)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
+        os.environ["TILEDIFF_KERNELS"] = "auto"
+        start = time.perf_counter()
+        try:   # compiles the Triton kernels for these shapes: kept out of the timed runs
+            run_once(model, x, args, device, True, steps=2)
+        except Exception as err:
+            result["warmup_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        result["warmup_2_steps_s"] = round(time.perf_counter() - start, 2)
+        print("warm-up (2 steps, kernels compiled)", result["warmup_2_steps_s"], "s", flush=True)
         spent = 0.0
         for label, kernels, graphs in (("fused_kernels_cuda_graphs", "auto", True),
                                        ("fused_kernels", "auto", False), ("eager", "0", False)):
@@ -86,6 +163,11 @@ def main():
             out.write_text(json.dumps(result, indent=1))
             print(label, json.dumps(result["runs"][label]), flush=True)
             spent += result["runs"][label].get("total_s", 0)
+    try:
+        result["step_parts"] = step_parts(model, x, args, device, out.parent)
+    except Exception as err:
+        result["step_parts"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    print("step parts", json.dumps(result["step_parts"]), flush=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 

@@ -90,7 +90,7 @@ def main(argv=None):
                     gamma=(1, c, 1, 1)).items()})
                 mods = torch.empty(16, 4 * c, 1, 1, dtype=dt, device=dev).chunk(4, dim=1)
                 cam = torch.empty(16, 2 * c, 1, 1, dtype=dt, device=dev).chunk(2, dim=1)
-                for ln_mode in ("", "separate"):
+                for ln_mode in ("fused", "separate"):
                     os.environ["TILEDIFF_KERNELS_LN"] = ln_mode
                     with torch.no_grad():
                         nb.fused_nafblock_forward(x, p, mods, None)

@@ -45,8 +45,13 @@ The fused path is six Triton launches plus one zero-fill of the (B, c) pooling b
     conv1x1_fused(SCA scale prologue, x + beta*.)   x1 -> y
     conv1x1_fused(LN2+mod prologue, gate [+cam])    y  -> x2  (c)
     conv1x1_fused(y + gamma*.)                      x2 -> out
-With ``TILEDIFF_KERNELS_LN=separate`` the two LayerNorms run as the standalone ``ln_modulate``
-kernel followed by a plain fused 1x1 conv (one more round trip; kept for comparison).
+From c = 128 up (``SEPARATE_LN_FROM``) the two LayerNorms run instead as the standalone
+``ln_modulate`` kernel followed by a plain fused 1x1 conv: one more round trip through memory, but
+the GEMM no longer recomputes the statistics for every output-channel tile and its K loop streams
+untouched operands.  Measured on an H200 (benchmarks/results/gpu_nvidia-h200_2026-11-27.md, fp16,
+16 x c x 128 x 128): in-GEMM LayerNorm 0.648 / 1.280 / 3.781 / 12.494 ms at c = 64 / 128 / 256 / 512,
+separate 0.698 / 1.016 / 2.149 / 4.873 ms.  ``TILEDIFF_KERNELS_LN=fused`` or ``=separate`` forces
+one mode at every width.
 
 Inference only: the fused path has no autograd.  When autograd is recording and x or a parameter
 requires grad, ``fused_nafblock_forward`` falls back to the reference (correct, not fused).
@@ -71,6 +76,8 @@ from .reference import chan_vec, reference_ln_modulate
 POISON_INTERMEDIATES = False
 # Number of fused_nafblock_forward calls so far (the benchmark checks that the network uses it).
 CALLS = 0
+# Widths from which the LayerNorms run as their own kernel (see the module docstring).
+SEPARATE_LN_FROM = 128
 
 _TK = None          # the triton_kernels module once imported
 _TK_ERROR = None    # why it could not be imported
@@ -106,6 +113,17 @@ def kernels_available(device) -> bool:
     if dev.type == "cuda":
         return torch.cuda.is_available()
     return bool(tk.INTERPRET)
+
+
+def separate_layernorm(c: int) -> bool:
+    """Whether the fused block runs its LayerNorms as the standalone kernel at width c:
+    TILEDIFF_KERNELS_LN=separate / fused forces it, otherwise from SEPARATE_LN_FROM channels up."""
+    mode = os.environ.get("TILEDIFF_KERNELS_LN", "").strip().lower()
+    if mode in ("separate", "fused"):
+        return mode == "separate"
+    if mode not in ("", "auto"):
+        raise ValueError(f"TILEDIFF_KERNELS_LN={mode!r}: expected separate, fused or auto")
+    return c >= SEPARATE_LN_FROM
 
 
 @dataclass
@@ -250,7 +268,7 @@ def fused_nafblock_forward(x: torch.Tensor, params, mods, cam: CamArg = None, *,
     x = tk.as_flat_layout(x)
     B, c, H, W = x.shape
     poison = POISON_INTERMEDIATES
-    separate_ln = os.environ.get("TILEDIFF_KERNELS_LN", "").strip().lower() == "separate"
+    separate_ln = separate_layernorm(c)
 
     def mid(channels):
         return tk.empty_like_layout(x, channels, poison=poison)

@@ -17,8 +17,9 @@ Why the 1x1 convs are Triton GEMMs rather than cuBLAS: the NAFBlock is memory-bo
 epilogue, so no normalised or pre-gate tensor is ever written to memory.  Per pixel the fused block
 moves 14·c elements (conv1: c in, 2c out; dwconv: 2c in, c out; conv3: 2c in, c out; conv4: c in,
 c out; conv5: 2c in, c out) against about 22·c with cuBLAS GEMMs + elementwise Triton epilogues.
-``ln_modulate`` is still provided (and tested) as a standalone kernel: the fused forward uses it
-when ``TILEDIFF_KERNELS_LN=separate`` (handy to compare on a GPU).
+``ln_modulate`` is also a standalone kernel: the fused forward uses it from c = 128 up, where
+recomputing the statistics in every output-channel tile of the GEMM costs more than one more pass
+(see :mod:`.nafblock`).
 
 Layouts: every kernel takes a (batch, channel, pixel) stride triple, so NCHW-contiguous and
 channels-last tensors are both handled without copies (H and W must be flattenable, which both
@@ -30,6 +31,7 @@ flag that governs the reference's ``F.conv2d``), in which case they use TF32 lik
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -43,7 +45,6 @@ from .reference import ln_eps
 try:
     INTERPRET = bool(triton.knobs.runtime.interpret)
 except AttributeError:  # older triton
-    import os
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 
 
@@ -352,6 +353,51 @@ def _check_out(out, shape, like):
 
 # ---- launch configurations (heuristics; not autotuned, so no compile-time sweep) -------------
 
+# Launch configurations that replace the heuristics below for one exact case, keyed by
+# ("ln", C, channel_contig), ("dw", C, channel_contig) or ("gemm", Cin, Cout, dtype, gate, ln);
+# benchmarks/gpu_bench.py --sweep fills it to try alternatives on a GPU.
+CONFIG_OVERRIDES = {}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def launch_config(key, default):
+    return CONFIG_OVERRIDES.get(key, default)
+
+
+def override_key_to_text(key) -> str:
+    """('gemm', 64, 128, torch.float16, False, True) -> 'gemm:64:128:float16:0:1'."""
+    return ":".join(str(k).replace("torch.", "") if not isinstance(k, bool) else str(int(k)) for k in key)
+
+
+def override_key_from_text(text: str):
+    kind, *rest = text.split(":")
+    try:
+        if kind == "gemm":
+            cin, cout, dt, gate, ln = rest
+            return ("gemm", int(cin), int(cout), _DTYPES[dt], gate == "1", ln == "1")
+        if kind in ("dw", "ln"):
+            c, contig = rest
+            return (kind, int(c), contig == "1")
+    except (ValueError, KeyError):
+        pass
+    raise ValueError(f"not a kernel launch key: {text!r} (e.g. 'gemm:64:128:float16:0:1', 'dw:64:0')")
+
+
+def load_config_overrides(path) -> int:
+    """Add the launch configurations of a JSON file {key text: {BLOCK_N: .., num_warps: ..}} (as
+    written by benchmarks/gpu_bench.py --sweep) to CONFIG_OVERRIDES; returns how many."""
+    import json
+    with open(path) as f:
+        table = json.load(f)
+    for text, cfg in table.items():
+        CONFIG_OVERRIDES[override_key_from_text(text)] = dict(cfg)
+    return len(table)
+
+
+if os.environ.get("TILEDIFF_KERNEL_CONFIGS"):
+    load_config_overrides(os.environ["TILEDIFF_KERNEL_CONFIGS"])
+
+
 def _ln_cfg(C, channel_contig):
     if INTERPRET:
         return dict(BLOCK_C=min(_np2(C), 64), BLOCK_P=64, num_warps=4)
@@ -401,7 +447,7 @@ def ln_modulate(x: torch.Tensor, g: torch.Tensor, scale: Optional[torch.Tensor] 
     gg = per_channel(g, C, x)
     sxb, sxc, sxp = bcp_strides(x)
     sob, soc, sop = bcp_strides(out)
-    cfg = _ln_cfg(C, sxc == 1)
+    cfg = launch_config(("ln", C, sxc == 1), _ln_cfg(C, sxc == 1))
     grid = (_cdiv(H * W, cfg["BLOCK_P"]), B)
     _ln_modulate_kernel[grid](x, out, gg, sc, sh, C, H * W, sxb, sxc, sxp, sob, soc, sop,
                               ssc_b, ssc_c, ssh_b, ssh_c, float(eps), HAS_MOD=has_mod, **cfg)
@@ -433,7 +479,7 @@ def dwconv_gate_pool(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
         raise ValueError("pool must be a contiguous (B, c) float32 tensor")
     sub, suc, sup = bcp_strides(u)
     sob, soc, sop = bcp_strides(out)
-    cfg = _dw_cfg(C, suc == 1)
+    cfg = launch_config(("dw", C, suc == 1), _dw_cfg(C, suc == 1))
     grid = (_cdiv(H * W, cfg["BLOCK_P"]), _cdiv(C, cfg["BLOCK_C"]), B)
     _dwconv_gate_pool_kernel[grid](u, ww, bb, out, pool if has_pool else u, C, H, W,
                                    sub, suc, sup, sob, soc, sop, HAS_POOL=has_pool, **cfg)
@@ -512,7 +558,7 @@ def conv1x1_fused(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
     cf = per_channel(coef, Cout, x) if coef is not None else dummy
     sxb, sxc, sxp = bcp_strides(x)
     sob, soc, sop = bcp_strides(out)
-    cfg = _gemm_cfg(Cin, Cout, dt, gate)
+    cfg = launch_config(("gemm", Cin, Cout, dt, bool(gate), has_ln), _gemm_cfg(Cin, Cout, dt, gate))
     P = H * W
     grid = (_cdiv(Cout, cfg["BLOCK_M"]) * _cdiv(P, cfg["BLOCK_N"]) * B,)
     _conv1x1_kernel[grid](x, w2, bb, out, g, sc, sh, s, cs, csh, res, cf,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tilediff import engine
-from tilediff.noise import PositionalNoise, region_noise
+from tilediff.noise import PositionalNoise, PrefetchingNoise, region_noise
 from tilediff.restorer import Restorer
 from tilediff.tiled_compressor import TiledCompressor
 from tilediff.tiling import blend_window, grid, partition, tile_starts
@@ -63,6 +63,19 @@ def test_region_noise_equals_the_same_region_of_the_whole_canvas():
 def test_positional_noise_source_is_deterministic():
     like = torch.empty(1, 8, 40, 70)
     assert torch.equal(PositionalNoise(3)(5, like), PositionalNoise(3)(5, like))
+
+
+def test_prefetching_noise_gives_the_same_values_in_and_out_of_order():
+    like = torch.empty(2, 4, 70, 90)
+    plain = PositionalNoise(3, stream=1)
+    prefetching = PrefetchingNoise(PositionalNoise(3, stream=1), "cpu")
+    try:
+        for t in (0, 6, 5, 4, 2, 1):   # 0 (the start) and 2 are not the prefetched step
+            assert torch.equal(prefetching(t, like), plain(t, like)), t
+        assert prefetching.pending is None   # nothing is drawn after step 1
+        assert torch.equal(prefetching(3, like[:1]), plain(3, like[:1]))   # another shape
+    finally:
+        prefetching.close()
 
 
 # ---- tiled compressor is exact --------------------------------------------------------------

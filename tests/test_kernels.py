@@ -265,14 +265,26 @@ def test_fused_nafblock(dtype, shape, layout, with_cam, monkeypatch):
     check(out, ref, dtype, f"fused_nafblock_forward cam={with_cam}")
 
 
-def test_fused_nafblock_separate_ln(monkeypatch):
-    """TILEDIFF_KERNELS_LN=separate: standalone ln_modulate kernel + plain fused 1x1 convs."""
-    monkeypatch.setenv("TILEDIFF_KERNELS_LN", "separate")
+@pytest.mark.parametrize("mode,shape", [("separate", (3, 48, 17, 9)), ("fused", (1, 128, 17, 9))])
+def test_fused_nafblock_forced_ln_mode(mode, shape, monkeypatch):
+    """TILEDIFF_KERNELS_LN forces the standalone ln_modulate kernel + plain 1x1 convs below the
+    automatic threshold, or the LayerNorm in the GEMM prologue above it."""
+    monkeypatch.setenv("TILEDIFF_KERNELS_LN", mode)
+    automatic = shape[1] >= nb.SEPARATE_LN_FROM
+    assert nb.separate_layernorm(shape[1]) == (mode == "separate") and (mode == "separate") != automatic
     monkeypatch.setattr(nb, "POISON_INTERMEDIATES", True)
-    x, p, mods, cam = block_inputs((3, 48, 17, 9), torch.float32, "nchw", seed=6)
+    x, p, mods, cam = block_inputs(shape, torch.float32, "nchw", seed=6)
     with torch.no_grad():
         out = nb.fused_nafblock_forward(x, p, mods, cam)
-    check(out, nb.reference_nafblock_forward(x, p, mods, cam), torch.float32, "separate LN")
+    check(out, nb.reference_nafblock_forward(x, p, mods, cam), torch.float32, f"{mode} LN")
+
+
+def test_layernorm_mode_choice(monkeypatch):
+    monkeypatch.delenv("TILEDIFF_KERNELS_LN", raising=False)
+    assert not nb.separate_layernorm(64) and nb.separate_layernorm(128) and nb.separate_layernorm(512)
+    monkeypatch.setenv("TILEDIFF_KERNELS_LN", "sideways")
+    with pytest.raises(ValueError, match="TILEDIFF_KERNELS_LN"):
+        nb.separate_layernorm(64)
 
 
 def test_dict_params_and_grad_fallback():

@@ -19,7 +19,7 @@ import torch
 from . import sde
 from .cuda_graphs import GraphedNoise, graphs_available
 from .host_memory import release_free_memory
-from .noise import START_STEP, PositionalNoise
+from .noise import START_STEP, PositionalNoise, PrefetchingNoise
 from .tiled_compressor import TiledCompressor, encoder_halo, finest_decode_halo, is_out_of_memory
 from .tiling import blend_window, grid
 
@@ -451,9 +451,15 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     total = None
     for run in range(runs):
         noise = PositionalNoise(options.seed, stream=run)
-        state = sde.start_state(sch, mu, noise(START_STEP, mu))
-        state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise,
-                           callback=lambda i, t, run=run: callback(run * sch.T + i, t))
+        if on_gpu and sde.NEEDS_NOISE[options.sampler]:
+            noise = PrefetchingNoise(noise, device)   # draws step t−1 on the host while the GPU runs step t
+        try:
+            state = sde.start_state(sch, mu, noise(START_STEP, mu))
+            state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise,
+                               callback=lambda i, t, run=run: callback(run * sch.T + i, t))
+        finally:
+            if isinstance(noise, PrefetchingNoise):
+                noise.close()
         total = state if total is None else total.add_(state)
     return (total / runs if runs > 1 else total).cpu()
 

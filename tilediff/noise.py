@@ -7,6 +7,7 @@ seeded with a hash of (seed, step, cell row, cell column). Any region of the can
 produced on its own, and the same seed gives the same numbers whatever the tile size or batch.
 """
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -51,3 +52,37 @@ class PositionalNoise:
 
     def region(self, t, channels, y0, y1, x0, x1, batch_index=0):
         return region_noise(self.seed, t, channels, y0, y1, x0, x1, self.stream, batch_index)
+
+
+class PrefetchingNoise:
+    """A PositionalNoise whose next step is drawn on a worker thread while the device works.
+
+    The sampler asks for steps T, T−1, …, 1 in order. After serving step t this starts drawing step
+    t−1 (into pinned memory on CUDA, so the copy to the device does not block the host), which takes
+    the drawing of random numbers off the sampler's critical path. The values are the wrapped
+    source's; a step asked for out of order is drawn on the spot.
+    """
+
+    def __init__(self, source, device):
+        self.source = source
+        self.pin = torch.device(device).type == "cuda"
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilediff-noise")
+        self.pending = None   # (t, shape, future)
+
+    def _draw(self, t, shape):
+        b, c, h, w = shape
+        z = torch.stack([self.source.region(t, c, 0, h, 0, w, batch_index=i) for i in range(b)])
+        return z.pin_memory() if self.pin else z
+
+    def __call__(self, t, like):
+        shape = tuple(like.shape)
+        if self.pending is not None and self.pending[:2] == (t, shape):
+            z = self.pending[2].result()
+        else:
+            z = self._draw(t, shape)
+        self.pending = (t - 1, shape, self.pool.submit(self._draw, t - 1, shape)) if t > 1 else None
+        return z.to(device=like.device, dtype=like.dtype, non_blocking=self.pin)
+
+    def close(self):
+        self.pending = None
+        self.pool.shutdown(wait=True)
