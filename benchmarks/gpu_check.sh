@@ -31,6 +31,17 @@ OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 LOG="$OUT_DIR/gpu_check.log"
 TOTAL_BUDGET="${GPU_CHECK_BUDGET_S:-450}"   # seconds for the whole script (kept under 8 minutes)
 PYTEST_TIMEOUT="${GPU_CHECK_PYTEST_S:-210}"
+# GPU_CHECK_QUICK=1: a short confirmation run (fp16 only, c=64/512, no sweep or breakdown, the
+# restoration's CUDA-graph run only), for when little device time is left
+QUICK="${GPU_CHECK_QUICK:-0}"
+RESTORE_RESERVE=150
+BENCH_ARGS=(--sweep --compile-only fp16:64 bf16:64 fp16:512)
+RESTORE_ARGS=()
+if [ "$QUICK" = 1 ]; then
+    RESTORE_RESERVE=70
+    BENCH_ARGS=(--dtypes fp16 --channels 64 512 --compile-only fp16:64 --breakdown-channels)
+    RESTORE_ARGS=(--only-graphs)
+fi
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 SECONDS=0
 
@@ -98,11 +109,10 @@ else
 fi
 
 # 2. timings, in what is left of the budget (150 s kept for step 3)
-LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - 150 ))
+LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - RESTORE_RESERVE ))
 [ "$LEFT" -lt 60 ] && LEFT=60
 log "gpu_bench.py, budget ${LEFT}s"
-timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" --sweep \
-    --compile-only fp16:64 bf16:64 fp16:512 \
+timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" "${BENCH_ARGS[@]}" \
     --pytest-rc "$PYTEST_RC" --pytest-summary "$PYTEST_SUMMARY" ${EXTRA_VERIFY[@]+"${EXTRA_VERIFY[@]}"} "$@" 2>&1 | tee -a "$LOG"
 BENCH_RC=${PIPESTATUS[0]}
 log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
@@ -110,8 +120,8 @@ log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
 # 3. a full 100-step restoration of a 6000x4000 image (official dehazing configuration, random
 #    weights, tiled engine, fp16): fused kernels, then eager if time allows
 log "gpu_restore.py 6000x4000, 100 steps"
-timeout -k 10 145 "$PY" benchmarks/gpu_restore.py "$OUT_DIR" --size 6000x4000 --steps 100 --precision fp16 \
-    --budget-s 60 2>&1 | tee -a "$LOG"
+timeout -k 10 $(( RESTORE_RESERVE - 5 )) "$PY" benchmarks/gpu_restore.py "$OUT_DIR" --size 6000x4000 --steps 100 \
+    --precision fp16 --budget-s 60 ${RESTORE_ARGS[@]+"${RESTORE_ARGS[@]}"} 2>&1 | tee -a "$LOG"
 log "gpu_restore.py rc=${PIPESTATUS[0]}; total ${SECONDS}s"
 ls -la "$OUT_DIR" | tee -a "$LOG"
 if [ "$PYTEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]; then exit 0; fi

@@ -130,6 +130,8 @@ def main():
     p.add_argument("--precision", default="fp16")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget-s", type=float, default=150, help="skip the eager run if the first took longer")
+    p.add_argument("--only-graphs", action="store_true",
+                   help="time only the fused-kernels + CUDA-graph run (skip the no-graph and eager runs)")
     args = p.parse_args()
     device = torch.device(args.device)
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -152,6 +154,9 @@ def main():
         spent = 0.0
         for label, kernels, graphs in (("fused_kernels_cuda_graphs", "auto", True),
                                        ("fused_kernels", "auto", False), ("eager", "0", False)):
+            if args.only_graphs and label != "fused_kernels_cuda_graphs":
+                result["runs"][label] = {"skipped": "--only-graphs"}
+                continue
             if spent > args.budget_s:
                 result["runs"][label] = {"skipped": f"the runs before took {spent:.0f} s (budget {args.budget_s} s)"}
                 continue

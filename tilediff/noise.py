@@ -7,6 +7,7 @@ seeded with a hash of (seed, step, cell row, cell column). Any region of the can
 produced on its own, and the same seed gives the same numbers whatever the tile size or batch.
 """
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -63,16 +64,26 @@ class PrefetchingNoise:
     source's; a step asked for out of order is drawn on the spot.
     """
 
-    def __init__(self, source, device):
+    def __init__(self, source, device, workers=None):
         self.source = source
         self.pin = torch.device(device).type == "cuda"
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilediff-noise")
+        # bands of cell rows drawn in parallel (torch releases the GIL while it fills a cell)
+        self.workers = workers or max(1, min(4, (os.cpu_count() or 1) - 1))
+        self.band_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tilediff-noise-band")
         self.pending = None   # (t, shape, future)
 
     def _draw(self, t, shape):
         b, c, h, w = shape
-        z = torch.stack([self.source.region(t, c, 0, h, 0, w, batch_index=i) for i in range(b)])
-        return z.pin_memory() if self.pin else z
+        z = torch.empty(shape, pin_memory=self.pin)
+        rows_per_band = BLOCK * max(1, -(-h // (BLOCK * self.workers)))
+        bands = [(i, y, min(h, y + rows_per_band)) for i in range(b) for y in range(0, h, rows_per_band)]
+
+        def fill(band):
+            i, y0, y1 = band
+            z[i, :, y0:y1] = self.source.region(t, c, y0, y1, 0, w, batch_index=i)
+        list(self.band_pool.map(fill, bands))
+        return z
 
     def __call__(self, t, like):
         shape = tuple(like.shape)
@@ -86,3 +97,4 @@ class PrefetchingNoise:
     def close(self):
         self.pending = None
         self.pool.shutdown(wait=True)
+        self.band_pool.shutdown(wait=True)
