@@ -48,7 +48,7 @@ The fused path is six Triton launches plus one zero-fill of the (B, c) pooling b
 From c = 128 up (``SEPARATE_LN_FROM``) the two LayerNorms run instead as the standalone
 ``ln_modulate`` kernel followed by a plain fused 1x1 conv: one more round trip through memory, but
 the GEMM no longer recomputes the statistics for every output-channel tile and its K loop streams
-untouched operands.  Measured on an H200 (benchmarks/results/gpu_nvidia-h200_2026-11-27.md, fp16,
+untouched operands.  Measured on an H200 (benchmarks/results/h200_2026-11-27_run1/, fp16,
 16 x c x 128 x 128): in-GEMM LayerNorm 0.648 / 1.280 / 3.781 / 12.494 ms at c = 64 / 128 / 256 / 512,
 separate 0.698 / 1.016 / 2.149 / 4.873 ms.  ``TILEDIFF_KERNELS_LN=fused`` or ``=separate`` forces
 one mode at every width.
