@@ -455,8 +455,12 @@ COPY_BW = None   # measured device-to-device copy bandwidth (bytes/s), set by ma
 GEMM_CANDIDATES = [dict(BLOCK_N=64, num_warps=4, num_stages=2), dict(BLOCK_N=128, num_warps=4, num_stages=3),
                    dict(BLOCK_N=128, num_warps=8, num_stages=3), dict(BLOCK_N=256, num_warps=8, num_stages=3),
                    dict(BLOCK_N=64, num_warps=2, num_stages=3), dict(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=3)]
-DW_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
-                 for bc, bp, w in [(4, 512, 4), (8, 512, 8), (16, 128, 4), (16, 256, 8), (2, 1024, 4), (32, 64, 4)]]
+DW_CANDIDATES = ([dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
+                  for bc, bp, w in [(4, 512, 4), (8, 512, 8), (16, 128, 4), (16, 256, 8), (2, 1024, 4), (32, 64, 4)]]
+                 # the 2-D-tile kernel (no per-element division by W)
+                 + [dict(BLOCK_C=bc, TILE_H=th, TILE_W=tw, num_warps=w)
+                    for bc, th, tw, w in [(1, 8, 128, 4), (2, 8, 64, 4), (2, 16, 64, 4), (2, 8, 128, 8), (4, 8, 32, 4),
+                                          (2, 32, 32, 4)]])
 LN_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
                  for bc, bp, w in [(32, 128, 4), (16, 256, 4), (64, 64, 4), (8, 256, 4), (32, 256, 8)]]
 SWEEP_GAIN = 0.97   # a candidate is kept only when it takes under 97% of the heuristic's time
@@ -530,7 +534,7 @@ def bench_sweep(args, dev, timer, deadline, results):
                 for cand in candidates:
                     if time.time() > deadline:
                         break
-                    cfg = dict(default, **cand)
+                    cfg = dict(cand) if "TILE_W" in cand else dict(default, **cand)   # another kernel: its own keys
                     if cfg == default:
                         continue
                     tk.CONFIG_OVERRIDES[key] = cfg

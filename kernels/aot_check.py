@@ -73,7 +73,8 @@ def main(argv=None):
                 launches.setdefault(key, (self.fn, sig, consts, attrs, opts))
             return launch
 
-    for name in ("_ln_modulate_kernel", "_dwconv_gate_pool_kernel", "_conv1x1_kernel", "_sca_kernel"):
+    for name in ("_ln_modulate_kernel", "_dwconv_gate_pool_kernel", "_dwconv_tile_gate_pool_kernel",
+                 "_conv1x1_kernel", "_sca_kernel"):
         setattr(tk, name, Recorder(getattr(tk, name)))
 
     dev = "meta"
@@ -95,6 +96,11 @@ def main(argv=None):
                     with torch.no_grad():
                         nb.fused_nafblock_forward(x, p, mods, None)
                         nb.fused_nafblock_forward(x, p, mods, cam)
+                # the 2-D-tile depthwise variant, chosen only through a launch configuration
+                tk.CONFIG_OVERRIDES[("dw", c, cl)] = dict(BLOCK_C=2, TILE_H=8, TILE_W=64, num_warps=4)
+                with torch.no_grad():
+                    nb.fused_nafblock_forward(x, p, mods, None)
+                tk.CONFIG_OVERRIDES.clear()
     os.environ.pop("TILEDIFF_KERNELS_LN", None)
 
     target = GPUTarget("cuda", args.arch, 32)

@@ -5,7 +5,8 @@ Four kernels, each with a plain-PyTorch reference in :mod:`.reference` (``refere
 ``ln_modulate``        channel LayerNorm (gain only, fp32 statistics) fused with x*(1+scale)+shift.
 ``dwconv_gate_pool``   3x3 depthwise conv + bias on 2c channels fused with SimpleGate; in the same
                        pass it accumulates the SCA pooling sums (fp32, per (b, channel) over H*W)
-                       with ``tl.atomic_add``.
+                       with ``tl.atomic_add``.  A launch configuration with TILE_H/TILE_W runs the
+                       2-D-tile variant (not the default until a GPU run has timed it).
 ``sca_vector``         s = b_sca + (pool / HW) @ w_sca^T, the (B, c) SCA scale (tiny).
 ``conv1x1_fused``      a 1x1 conv as a ``tl.dot`` GEMM over channels with optional fused prologue
                        (LayerNorm + modulation of the input, or the per-(b, cin) SCA scale) and
@@ -148,6 +149,52 @@ def _dwconv_gate_pool_kernel(u_ptr, w_ptr, bias_ptr, out_ptr, pool_ptr,
     if HAS_POOL:
         # pool what was stored (rounded to the output dtype), as the reference pools its output
         part = tl.sum(tl.where(m_out, g.to(tl.float32), 0.0), axis=1)
+        tl.atomic_add(pool_ptr + b * C + offs_c, part, mask=mask_c)
+
+
+@triton.jit
+def _dwconv_tile_gate_pool_kernel(u_ptr, w_ptr, bias_ptr, out_ptr, pool_ptr,
+                                  C, H, W, su_b, su_c, su_h, su_w, so_b, so_c, so_h, so_w,
+                                  HAS_POOL: tl.constexpr, BLOCK_C: tl.constexpr,
+                                  TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """The same computation as _dwconv_gate_pool_kernel on a (BLOCK_C, TILE_H, TILE_W) block: rows and
+    columns come from two aranges, so no per-element division by W (one scalar division per program)."""
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    n_tw = tl.cdiv(W, TILE_W)
+    hh = (pid_t // n_tw) * TILE_H + tl.arange(0, TILE_H)
+    ww = (pid_t % n_tw) * TILE_W + tl.arange(0, TILE_W)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    c3 = offs_c[:, None, None]
+    mc3 = mask_c[:, None, None]
+    base_a = u_ptr + b * su_b + c3 * su_c
+    base_b = base_a + C * su_c
+    acc_a = tl.zeros([BLOCK_C, TILE_H, TILE_W], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_C, TILE_H, TILE_W], dtype=tl.float32)
+    for dh in tl.static_range(3):
+        h_in = hh + (dh - 1)
+        ok_h = (h_in >= 0) & (h_in < H)
+        for dw in tl.static_range(3):
+            w_in = ww + (dw - 1)
+            ok_w = (w_in >= 0) & (w_in < W)
+            m = mc3 & ok_h[None, :, None] & ok_w[None, None, :]
+            off = h_in[None, :, None] * su_h + w_in[None, None, :] * su_w
+            va = tl.load(base_a + off, mask=m, other=0.0).to(tl.float32)
+            vb = tl.load(base_b + off, mask=m, other=0.0).to(tl.float32)
+            wa = tl.load(w_ptr + offs_c * 9 + (dh * 3 + dw), mask=mask_c, other=0.0).to(tl.float32)
+            wb = tl.load(w_ptr + (offs_c + C) * 9 + (dh * 3 + dw), mask=mask_c, other=0.0).to(tl.float32)
+            acc_a += va * wa[:, None, None]
+            acc_b += vb * wb[:, None, None]
+    ba = tl.load(bias_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    bb = tl.load(bias_ptr + C + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    g = ((acc_a + ba[:, None, None]) * (acc_b + bb[:, None, None])).to(out_ptr.dtype.element_ty)
+    m_out = mc3 & (hh < H)[None, :, None] & (ww < W)[None, None, :]
+    o_off = c3 * so_c + hh[None, :, None] * so_h + ww[None, None, :] * so_w
+    tl.store(out_ptr + b * so_b + o_off, g, mask=m_out)
+    if HAS_POOL:
+        part = tl.sum(tl.sum(tl.where(m_out, g.to(tl.float32), 0.0), axis=2), axis=1)
         tl.atomic_add(pool_ptr + b * C + offs_c, part, mask=mask_c)
 
 
@@ -489,6 +536,11 @@ def dwconv_gate_pool(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     sub, suc, sup = bcp_strides(u)
     sob, soc, sop = bcp_strides(out)
     cfg = launch_config(("dw", C, suc == 1), _dw_cfg(C, suc == 1))
+    if "TILE_W" in cfg:   # 2-D pixel tiles (see _dwconv_tile_gate_pool_kernel)
+        grid = (_cdiv(H, cfg["TILE_H"]) * _cdiv(W, cfg["TILE_W"]), _cdiv(C, cfg["BLOCK_C"]), B)
+        _dwconv_tile_gate_pool_kernel[grid](u, ww, bb, out, pool if has_pool else u, C, H, W,
+                                            *u.stride(), *out.stride(), HAS_POOL=has_pool, **cfg)
+        return out, (pool if has_pool else None)
     grid = (_cdiv(H * W, cfg["BLOCK_P"]), _cdiv(C, cfg["BLOCK_C"]), B)
     _dwconv_gate_pool_kernel[grid](u, ww, bb, out, pool if has_pool else u, C, H, W,
                                    sub, suc, sup, sob, soc, sop, HAS_POOL=has_pool, **cfg)

@@ -162,6 +162,36 @@ def test_dwconv_gate_pool(dtype, shape, layout):
     check(pool, ref_pool, dtype, "pool vs reference")
 
 
+@pytest.mark.parametrize("tiles", [dict(BLOCK_C=2, TILE_H=4, TILE_W=8), dict(BLOCK_C=16, TILE_H=8, TILE_W=4)])
+@pytest.mark.parametrize("dtype,shape,layout", [(torch.float32, (3, 48, 17, 9), "nchw"),
+                                                (torch.float32, (1, 16, 7, 13), "cl"),
+                                                (torch.float16, (1, 128, 17, 9), "nchw")])
+def test_dwconv_gate_pool_2d_tiles(tiles, dtype, shape, layout, monkeypatch):
+    """The 2-D-tile variant (chosen by a launch configuration with TILE_H/TILE_W): tiles that do not
+    divide H or W, several channel blocks, both layouts."""
+    B, c, H, W = shape
+    key = ("dw", c, layout == "cl")
+    monkeypatch.setitem(tk.CONFIG_OVERRIDES, key, dict(tiles, num_warps=4))
+    rnd = gen(13)
+    u = rnd(B, 2 * c, H, W, dtype=dtype, layout=layout)
+    w = rnd(2 * c, 1, 3, 3, scale=1 / 3, dtype=dtype)
+    b = rnd(2 * c, scale=0.1, dtype=dtype)
+    out, pool = tk.dwconv_gate_pool(u, w, b, out=poisoned((B, c, H, W), dtype, layout),
+                                    pool=torch.zeros(B, c, device=DEVICE))
+    assert_layout(out, layout)
+    ref, ref_pool = R.reference_dwconv_gate_pool(u, w, b)
+    check(out, ref, dtype, "2-D tiles out")
+    check(pool, ref_pool, dtype, "2-D tiles pool")
+
+
+def test_config_override_text_round_trip(tmp_path):
+    keys = [("gemm", 64, 128, torch.float16, False, True), ("dw", 512, False), ("ln", 256, True)]
+    for key in keys:
+        assert tk.override_key_from_text(tk.override_key_to_text(key)) == key
+    with pytest.raises(ValueError, match="kernel launch key"):
+        tk.override_key_from_text("gemm:64:x")
+
+
 @pytest.mark.parametrize("B,c", [(1, 16), (3, 48), (3, 128)])
 def test_sca_vector(B, c):
     rnd = gen(8)
