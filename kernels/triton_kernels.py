@@ -449,8 +449,9 @@ if os.environ.get("TILEDIFF_KERNEL_CONFIGS"):
 # fp16, 16x64x128x128 and the network's deepest blocks 1x512x63x94; results in
 # benchmarks/results/h200_2026-11-27_run2/): per launch, BLOCK_N=64 / 4 warps / 2 stages for the
 # GEMMs (0.125 -> 0.074 ms for conv1+LN at c=64, 0.120 -> 0.067 for conv4+LN+gate), 2 channels x
-# 1024 pixels for the depthwise conv, 64 x 64 for the LayerNorm.  fp32 and channels-last keep the
-# older heuristics (not swept).
+# 1024 pixels for the depthwise conv, 64 x 64 for the LayerNorm.  fp32 GEMMs and the channels-last
+# depthwise conv and LayerNorm keep the older heuristics (not swept; the 16-bit GEMM choice applies to
+# both layouts, its operands are read through strides either way).
 
 def _ln_cfg(C, channel_contig):
     if INTERPRET:
