@@ -160,17 +160,10 @@ class Timer:
 
 
 def graph_replay(fn):
-    """fn captured once in a CUDA graph (after two warm-up calls); returns the replay callable."""
+    """fn captured once in a CUDA graph (as the sampler captures a step); returns the replay callable."""
+    from tilediff.cuda_graphs import capture_graph
     with torch.inference_mode():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        graph, _ = capture_graph(fn, torch.device("cuda", torch.cuda.current_device()))
     return graph.replay
 
 
@@ -387,9 +380,49 @@ def measure_copy_bandwidth(dev, nbytes=2 * 2 ** 30, iters=20):
     return dict(bytes_moved=2 * nbytes, median_ms=ms, Bps=2 * nbytes / (ms * 1e-3), copy_checked=ok)
 
 
-# elements moved per pixel by each fused launch, in units of c (see the module docstring)
-STAGE_ELEMS = {"conv1+LN1": 3, "dwconv+gate+pool": 3, "sca": 0, "conv3+SCA+res": 3,
-               "conv4+LN2+gate": 2, "conv5+res": 3}
+def block_launches(x, p, mods, pool):
+    """The fused block's launches, one entry each, in the order fused_nafblock_forward runs them
+    (the LayerNorm mode it would choose at this width included), on intermediates computed once:
+    [(name, launch-configuration key or None, heuristic cfg, sweep candidates, elements moved per
+    pixel in units of c, fn)]. fn() runs the launch into its intermediate and returns it."""
+    from tilediff.kernels import nafblock as nb
+    from tilediff.kernels import triton_kernels as tk
+    m = nb.NAFMods.coerce(mods)
+    B, c, H, W = x.shape
+    dt = x.dtype
+    contig = tk.bcp_strides(x)[1] == 1
+    sep = nb.separate_layernorm(c)
+    ln1 = None if sep else (p.g1, m.scale_att, m.shift_att)
+    ln2 = None if sep else (p.g2, m.scale_ffn, m.shift_ffn)
+    t1 = tk.ln_modulate(x, p.g1, m.scale_att, m.shift_att) if sep else x
+    u = tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1)
+    x1, _ = tk.dwconv_gate_pool(u, p.w2, p.b2, pool=pool.zero_())
+    s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)
+    y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
+    t2 = tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn) if sep else y
+    x2 = tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True)
+    out = torch.empty_like(x)
+    ln_key, ln_cfg = ("ln", c, contig), tk._ln_cfg(c, contig)
+    plain_key, plain_cfg = ("gemm", c, c, dt, False, False), tk._gemm_cfg(c, c, dt, False)
+    launches = [
+        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep),
+         tk._gemm_cfg(c, 2 * c, dt, False), GEMM_CANDIDATES, 3, lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
+        ("dwconv+gate+pool", ("dw", c, contig), tk._dw_cfg(c, contig), DW_CANDIDATES, 3,
+         lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_())[0]),
+        ("sca", None, None, [], 0, lambda: tk.sca_vector(pool, H * W, p.w_sca, p.b_sca, out=s)),
+        ("conv3+SCA+res", plain_key, plain_cfg, GEMM_CANDIDATES, 3,
+         lambda: tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y)),
+        ("conv4+gate" + ("" if sep else "+LN2"), ("gemm", c, c, dt, True, not sep), tk._gemm_cfg(c, c, dt, True),
+         GEMM_CANDIDATES, 2, lambda: tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True, out=x2)),
+        ("conv5+res", plain_key, plain_cfg, GEMM_CANDIDATES, 3,
+         lambda: tk.conv1x1_fused(x2, p.w5, p.b5, residual=y, coef=p.gamma, out=out)),
+    ]
+    if sep:
+        launches.insert(0, ("LN1", ln_key, ln_cfg, LN_CANDIDATES, 2,
+                            lambda: tk.ln_modulate(x, p.g1, m.scale_att, m.shift_att, out=t1)))
+        launches.insert(5, ("LN2", ln_key, ln_cfg, LN_CANDIDATES, 2,
+                            lambda: tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn, out=t2)))
+    return launches
 
 
 def bench_breakdown(args, dev, timer, deadline, results):
@@ -398,7 +431,6 @@ def bench_breakdown(args, dev, timer, deadline, results):
     from tilediff.kernels import nafblock as nb
     if args.dry_run or not nb.kernels_available(dev):
         return
-    from tilediff.kernels import triton_kernels as tk
     B, (H, W) = args.batch, args.size
     out = results.setdefault("breakdown", [])
     for dname in args.breakdown_dtypes:
@@ -409,33 +441,19 @@ def bench_breakdown(args, dev, timer, deadline, results):
             row = dict(dtype=dname, c=c, stages={})
             try:
                 x, p, mods = make_block(B, c, H, W, DTYPES[dname], dev, args.channels_last)
-                m = nb.NAFMods.coerce(mods)
-                es = x.element_size()
-                u = tk.conv1x1_fused(x, p.w1, p.b1, ln=(p.g1, m.scale_att, m.shift_att))
                 pool = torch.zeros((B, c), device=dev, dtype=torch.float32)
-                x1, _ = tk.dwconv_gate_pool(u, p.w2, p.b2, pool=pool)
-                s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)
-                y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
-                x2 = tk.conv1x1_fused(y, p.w4, p.b4, ln=(p.g2, m.scale_ffn, m.shift_ffn), gate=True)
-                stages = {
-                    "conv1+LN1": lambda: tk.conv1x1_fused(x, p.w1, p.b1, ln=(p.g1, m.scale_att, m.shift_att), out=u),
-                    "dwconv+gate+pool": lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_()),
-                    "sca": lambda: tk.sca_vector(pool, H * W, p.w_sca, p.b_sca, out=s),
-                    "conv3+SCA+res": lambda: tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y),
-                    "conv4+LN2+gate": lambda: tk.conv1x1_fused(y, p.w4, p.b4, ln=(p.g2, m.scale_ffn, m.shift_ffn),
-                                                               gate=True, out=x2),
-                    "conv5+res": lambda: tk.conv1x1_fused(x2, p.w5, p.b5, residual=y, coef=p.gamma),
-                }
+                with torch.inference_mode():
+                    launches = block_launches(x, p, mods, pool)
                 total = 0.0
-                for name, fn in stages.items():
+                for name, _, _, _, elems, fn in launches:
                     ms = timer(fn)
                     total += ms
-                    nbytes = STAGE_ELEMS[name] * B * c * H * W * es
+                    nbytes = elems * B * c * H * W * x.element_size()
                     row["stages"][name] = dict(ms=ms, GBps=(nbytes / (ms * 1e-3) / 1e9) if nbytes else None)
                 row["sum_ms"] = total
                 act = torch.empty_like(x)
                 row["copy_activation_ms"] = timer(lambda: act.copy_(x))   # one c-channel read + write
-                del x, p, mods, u, x1, y, x2, act
+                del x, p, mods, pool, launches, act
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
@@ -466,42 +484,17 @@ LN_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
 SWEEP_GAIN = 0.97   # a candidate is kept only when it takes under 97% of the heuristic's time
 
 
-def sweep_stages(x, p, mods, pool):
-    """The fused block's launches grouped by launch-configuration key (launches that share a key,
-    e.g. conv3 and conv5, are timed together): [(name, key, default cfg, candidates, fn)].
-    fn() runs the group and returns its last output."""
-    from tilediff.kernels import nafblock as nb
-    from tilediff.kernels import triton_kernels as tk
-    m = nb.NAFMods.coerce(mods)
-    B, c, H, W = x.shape
-    dt = x.dtype
-    sep = nb.separate_layernorm(c)
-    t1 = tk.ln_modulate(x, p.g1, m.scale_att, m.shift_att) if sep else x
-    ln1 = None if sep else (p.g1, m.scale_att, m.shift_att)
-    ln2 = None if sep else (p.g2, m.scale_ffn, m.shift_ffn)
-    u = tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1)
-    x1, _ = tk.dwconv_gate_pool(u, p.w2, p.b2, pool=pool.zero_())
-    s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)
-    y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
-    t2 = tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn) if sep else y
-    x2 = tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True)
-    out = torch.empty_like(x)
-    groups = [
-        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep), tk._gemm_cfg(c, 2 * c, dt, False),
-         GEMM_CANDIDATES, lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
-        ("dwconv+gate+pool", ("dw", c, False), tk._dw_cfg(c, False), DW_CANDIDATES,
-         lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_())[0]),
-        ("conv3+conv5", ("gemm", c, c, dt, False, False), tk._gemm_cfg(c, c, dt, False), GEMM_CANDIDATES,
-         lambda: (tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y),
-                  tk.conv1x1_fused(x2, p.w5, p.b5, residual=y, coef=p.gamma, out=out))[1]),
-        ("conv4+gate" + ("" if sep else "+LN2"), ("gemm", c, c, dt, True, not sep), tk._gemm_cfg(c, c, dt, True),
-         GEMM_CANDIDATES, lambda: tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True, out=x2)),
-    ]
-    if sep:
-        groups.insert(0, ("LN1+LN2", ("ln", c, False), tk._ln_cfg(c, False), LN_CANDIDATES,
-                          lambda: (tk.ln_modulate(x, p.g1, m.scale_att, m.shift_att, out=t1),
-                                   tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn, out=t2))[1]))
-    return groups
+def sweep_groups(launches):
+    """block_launches grouped by launch-configuration key (launches that share one, e.g. conv3 and
+    conv5, are timed together): [(name, key, heuristic cfg, candidates, fn)]; fn() runs the group
+    and returns its last output."""
+    groups = {}
+    for name, key, default, candidates, _, fn in launches:
+        if key is not None:
+            groups.setdefault(key, []).append((name, default, candidates, fn))
+    return [(" & ".join(n for n, *_ in members), key, members[0][1], members[0][2],
+             lambda fns=[f for *_, f in members]: [f() for f in fns][-1])
+            for key, members in groups.items()]
 
 
 def bench_sweep(args, dev, timer, deadline, results):
@@ -521,7 +514,7 @@ def bench_sweep(args, dev, timer, deadline, results):
             x, p, mods = make_block(B, c, H, W, torch.float16, dev, seed=3)
             pool = torch.zeros((B, c), device=dev, dtype=torch.float32)
             with torch.inference_mode():
-                groups = sweep_stages(x, p, mods, pool)
+                groups = sweep_groups(block_launches(x, p, mods, pool))
             for name, key, default, candidates, fn in groups:
                 if time.time() > deadline:
                     entry["groups"][name] = dict(skipped="time budget")
@@ -794,13 +787,14 @@ def markdown(results):
             _f(d.get("fused_GBps"), ".0f"), pct(d.get("fused_model_frac_copy")),
             _f(row.get("fused_rel_err"), ".1e") + (f" {note}" if note else "")]) + " |")
     if results.get("breakdown"):
+        names = list(dict.fromkeys(k for r in results["breakdown"] for k in r.get("stages", {})))
         lines += ["", "## fused launches one by one", "",
-                  "| dtype | c | " + " | ".join(STAGE_ELEMS) + " | sum ms | activation copy ms |",
-                  "|---|---:|" + "---:|" * (len(STAGE_ELEMS) + 2)]
+                  "| dtype | c | " + " | ".join(names) + " | sum ms | activation copy ms |",
+                  "|---|---:|" + "---:|" * (len(names) + 2)]
         for r in results["breakdown"]:
             st = r.get("stages", {})
             cells = [(_f(st[k]["ms"], ".3f") + (f" ({st[k]['GBps']:.0f} GB/s)" if st[k].get("GBps") else ""))
-                     if k in st else "—" for k in STAGE_ELEMS]
+                     if k in st else "—" for k in names]
             lines.append(f"| {r['dtype']} | {r['c']} | " + " | ".join(cells) +
                          f" | {_f(r.get('sum_ms'), '.3f')} | {_f(r.get('copy_activation_ms'), '.3f')} |"
                          + (f" {r.get('error') or r.get('skipped')}" if r.get("error") or r.get("skipped") else ""))

@@ -21,6 +21,21 @@ from .tiled_compressor import is_out_of_memory
 WARMUP_CALLS = 2   # eager calls on a side stream before capture (cuDNN/Triton autotuning, allocator)
 
 
+def capture_graph(fn, device):
+    """fn() run WARMUP_CALLS times on a side stream, then captured once as a CUDA graph.
+    Returns (graph, the output fn produced during capture: what every replay rewrites)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_CALLS):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def graphs_available(device):
     """CUDA graphs need a CUDA device; ``TILEDIFF_CUDA_GRAPHS=0`` turns them off everywhere."""
     if os.environ.get("TILEDIFF_CUDA_GRAPHS", "1") == "0":
@@ -75,13 +90,5 @@ class GraphedNoise:
         self.static_x = torch.empty_like(x, device=self.device)
         self.static_x.copy_(x)
         self.static_t = torch.full((1,), float(t), device=self.device, dtype=torch.float32)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_CALLS):
-                self.noise_fn(self.static_x, self.static_t)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.static_eps = self.noise_fn(self.static_x, self.static_t)
-        self.graph = graph
+        self.graph, self.static_eps = capture_graph(lambda: self.noise_fn(self.static_x, self.static_t),
+                                                    self.device)
