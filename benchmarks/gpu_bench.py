@@ -15,8 +15,10 @@ Bytes: ``min_bytes`` is the least traffic any implementation needs,
 achieved bandwidth = min_bytes / time and its fraction of the device's peak DRAM bandwidth
 (H100 SXM 3.35 TB/s, H200 4.8 TB/s, detected from torch.cuda.get_device_name).
 ``fused_model_bytes`` is what the fused kernels actually move by design,
-    14 * B*c*H*W * elem_size + params   (conv1 c->2c: 3c, dwconv 2c->c: 3c, conv3 c,x->c: 3c,
-                                          conv4 c->c: 2c, conv5 c,y->c: 3c elements per pixel),
+    k * B*c*H*W * elem_size + params    (conv1 c->2c: 3c, dwconv 2c->c: 3c, conv3 c,x->c: 3c,
+                                          conv4 c->c: 2c, conv5 c,y->c: 3c elements per pixel: k = 14;
+                                          with conv3..conv5 as one ffn_fused launch (c <= 64): x1, x in,
+                                          out: 3c, so k = 9),
 so fused_model_bytes / time tells how close the kernels are to their own roofline.
 
 fp32 runs with PyTorch's defaults (cuDNN convs use TF32; the fused GEMMs follow
@@ -96,7 +98,7 @@ def parse_args(argv=None):
                     help="try alternative launch configurations for every fused launch at the --sweep-shapes "
                          "(fp16; after the block and network timings, which use the heuristics), keep each "
                          "one that beats the heuristic by > 3%% and write them to OUT_DIR/kernel_configs.json")
-    ap.add_argument("--sweep-budget-s", type=float, default=80.0, help="seconds the sweep may take at most")
+    ap.add_argument("--sweep-budget-s", type=float, default=120.0, help="seconds the sweep may take at most")
     ap.add_argument("--sweep-shapes", nargs="*", default=["16x64x128x128", "1x512x63x94"],
                     help="BxCxHxW shapes to sweep (default: the criterion block; the network's deepest blocks "
                          "on the 750x500 latent)")
@@ -199,12 +201,21 @@ def make_block(B, c, H, W, dtype, device, channels_last=False, seed=0):
     return x, p, mods
 
 
+def fused_elements_per_pixel(c):
+    """Activation elements the fused block reads + writes per pixel, in units of c: 14 with six
+    launches (conv1 3, dwconv 3, conv3 3, conv4 2, conv5 3), 9 when conv3..conv5 are one ffn_fused
+    launch (x1 and x in, out)."""
+    from tilediff.kernels import nafblock as nb
+    return 9 if nb.fused_ffn(c) else 14
+
+
 def block_bytes(B, c, H, W, dtype, params):
     es = torch.tensor([], dtype=dtype).element_size()
     n_params = sum(t.numel() for t in params.tensors())
     act = B * c * H * W
+    k = fused_elements_per_pixel(c)
     return dict(min_bytes=(2 * act + n_params + 4 * B * c) * es,
-                fused_model_bytes=(14 * act + n_params + 4 * B * c) * es,
+                fused_model_bytes=(k * act + n_params + 4 * B * c) * es, fused_model_elements_per_c=k,
                 n_params=n_params, elem_size=es)
 
 
@@ -240,6 +251,12 @@ def bench_block(args, dev, timer, deadline, results, peak):
                     row["fused_rel_err"] = rel_err(out, ref)
                     del out, ref
                     row["fused_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
+                    if nb.fused_ffn(c):   # the same block with conv3..conv5 as three launches
+                        os.environ["TILEDIFF_KERNELS_FFN"] = "0"
+                        try:
+                            row["fused_ffn_off_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
+                        finally:
+                            os.environ.pop("TILEDIFF_KERNELS_FFN", None)
                     if dname in args.separate_ln_dtypes:
                         for mode in ("fused", "separate"):
                             os.environ["TILEDIFF_KERNELS_LN"] = mode
@@ -380,6 +397,20 @@ def measure_copy_bandwidth(dev, nbytes=2 * 2 ** 30, iters=20):
     return dict(bytes_moved=2 * nbytes, median_ms=ms, Bps=2 * nbytes / (ms * 1e-3), copy_checked=ok)
 
 
+def _attention_launches(x, p, m, pool, t1, ln1, u, x1, s, sep, c, dt, contig):
+    """block_launches' entries for conv1 [+LN1], the depthwise conv and the SCA vector."""
+    from tilediff.kernels import triton_kernels as tk
+    H, W = x.shape[-2:]
+    return [
+        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep),
+         tk._gemm_cfg(c, 2 * c, dt, False), GEMM_CANDIDATES, 3, lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
+        ("dwconv+gate+pool", ("dw", c, contig), tk._dw_cfg(c, contig), DW_CANDIDATES, 3,
+         lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_())[0]),
+        ("sca", ("sca", c), tk._sca_cfg(c), SCA_CANDIDATES, 0,
+         lambda: tk.sca_vector(pool, H * W, p.w_sca, p.b_sca, out=s)),
+    ]
+
+
 def block_launches(x, p, mods, pool):
     """The fused block's launches, one entry each, in the order fused_nafblock_forward runs them
     (the LayerNorm mode it would choose at this width included), on intermediates computed once:
@@ -398,18 +429,18 @@ def block_launches(x, p, mods, pool):
     u = tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1)
     x1, _ = tk.dwconv_gate_pool(u, p.w2, p.b2, pool=pool.zero_())
     s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)
+    out = torch.empty_like(x)
+    first = _attention_launches(x, p, m, pool, t1, ln1, u, x1, s, sep, c, dt, contig)
+    if nb.fused_ffn(c):   # conv3 .. conv5 as one launch
+        return first + [("ffn(conv3..conv5)", ("ffn", c, dt), tk._ffn_cfg(c, dt), FFN_CANDIDATES, 3,
+                         lambda: tk.ffn_fused(x1, x, s, p.w3, p.b3, p.beta, p.g2, m.scale_ffn, m.shift_ffn,
+                                              p.w4, p.b4, p.w5, p.b5, p.gamma, out=out))]
     y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
     t2 = tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn) if sep else y
     x2 = tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True)
-    out = torch.empty_like(x)
     ln_key, ln_cfg = ("ln", c, contig), tk._ln_cfg(c, contig)
     plain_key, plain_cfg = ("gemm", c, c, dt, False, False), tk._gemm_cfg(c, c, dt, False)
-    launches = [
-        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep),
-         tk._gemm_cfg(c, 2 * c, dt, False), GEMM_CANDIDATES, 3, lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
-        ("dwconv+gate+pool", ("dw", c, contig), tk._dw_cfg(c, contig), DW_CANDIDATES, 3,
-         lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_())[0]),
-        ("sca", None, None, [], 0, lambda: tk.sca_vector(pool, H * W, p.w_sca, p.b_sca, out=s)),
+    launches = first + [
         ("conv3+SCA+res", plain_key, plain_cfg, GEMM_CANDIDATES, 3,
          lambda: tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y)),
         ("conv4+gate" + ("" if sep else "+LN2"), ("gemm", c, c, dt, True, not sep), tk._gemm_cfg(c, c, dt, True),
@@ -471,16 +502,24 @@ COPY_BW = None   # measured device-to-device copy bandwidth (bytes/s), set by ma
 
 # launch-configuration candidates tried by --sweep (merged into the heuristic's configuration)
 GEMM_CANDIDATES = [dict(BLOCK_N=64, num_warps=4, num_stages=2), dict(BLOCK_N=128, num_warps=4, num_stages=3),
-                   dict(BLOCK_N=128, num_warps=8, num_stages=3), dict(BLOCK_N=256, num_warps=8, num_stages=3),
-                   dict(BLOCK_N=64, num_warps=2, num_stages=3), dict(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=3)]
-DW_CANDIDATES = ([dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
-                  for bc, bp, w in [(4, 512, 4), (8, 512, 8), (16, 128, 4), (16, 256, 8), (2, 1024, 4), (32, 64, 4)]]
+                   dict(BLOCK_N=128, num_warps=8, num_stages=3), dict(BLOCK_N=64, num_warps=2, num_stages=3),
+                   dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2), dict(BLOCK_N=32, num_warps=2, num_stages=2),
+                   # a longer K step (fewer, larger loads in flight: the deep 512-channel GEMMs)
+                   dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
+                   dict(BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3)]
+# (BLOCK_N=256 and BLOCK_M=32 were the slowest at every shape of the 2026-11-27 run 2: dropped)
+DW_CANDIDATES = ([dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w) for bc, bp, w in [(4, 512, 4), (2, 1024, 4)]]
                  # the 2-D-tile kernel (no per-element division by W)
                  + [dict(BLOCK_C=bc, TILE_H=th, TILE_W=tw, num_warps=w)
                     for bc, th, tw, w in [(1, 8, 128, 4), (2, 8, 64, 4), (2, 16, 64, 4), (2, 8, 128, 8), (4, 8, 32, 4),
-                                          (2, 32, 32, 4)]])
+                                          (2, 32, 32, 4), (1, 4, 128, 4), (1, 16, 128, 8), (1, 8, 64, 2),
+                                          (1, 16, 64, 4), (2, 4, 128, 4)]])
 LN_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
-                 for bc, bp, w in [(32, 128, 4), (16, 256, 4), (64, 64, 4), (8, 256, 4), (32, 256, 8)]]
+                 for bc, bp, w in [(32, 128, 4), (16, 256, 4), (64, 64, 4), (8, 256, 4), (32, 256, 8),
+                                   (64, 32, 4), (128, 32, 4)]]
+FFN_CANDIDATES = [dict(BLOCK_N=bn, num_warps=w, num_stages=1) for bn, w in [(32, 4), (64, 8), (128, 8), (32, 2), (16, 4)]]
+SCA_CANDIDATES = [dict(BLOCK_M=bm, BLOCK_K=bk, num_warps=w)
+                  for bm, bk, w in [(8, 128, 4), (8, 512, 4), (32, 128, 4), (16, 64, 2), (64, 64, 4)]]
 SWEEP_GAIN = 0.97   # a candidate is kept only when it takes under 97% of the heuristic's time
 
 
@@ -576,7 +615,7 @@ def bench_sweep(args, dev, timer, deadline, results):
 def derived(row, peak):
     out = {}
     for k in ("eager_ms", "compile_ms", "fused_ms", "fused_ln_fused_ms", "fused_ln_separate_ms",
-              "eager_graph_ms", "fused_graph_ms", "fused_tuned_ms"):
+              "fused_ffn_off_ms", "eager_graph_ms", "fused_graph_ms", "fused_tuned_ms"):
         ms = row.get(k)
         if ms and row.get("min_bytes"):
             bw = row["min_bytes"] / (ms * 1e-3)
@@ -608,7 +647,8 @@ def print_row(row, peak, tag="block"):
     d = derived(row, peak)
     msg = (f"[{tag}] {row['dtype']} c={row['c']}: eager {_f(row.get('eager_ms'), '.3f')} ms, "
            f"compile {_f(row.get('compile_ms'), '.3f')} ms, fused {_f(row.get('fused_ms'), '.3f')} ms "
-           f"(LN in GEMM {_f(row.get('fused_ln_fused_ms'), '.3f')}, separate {_f(row.get('fused_ln_separate_ms'), '.3f')}; "
+           f"(LN in GEMM {_f(row.get('fused_ln_fused_ms'), '.3f')}, separate {_f(row.get('fused_ln_separate_ms'), '.3f')}, "
+           f"ffn_fused off {_f(row.get('fused_ffn_off_ms'), '.3f')}; "
            f"graphs: eager {_f(row.get('eager_graph_ms'), '.3f')}, fused {_f(row.get('fused_graph_ms'), '.3f')}), fused {_f(d.get('fused_GBps'), '.0f')} GB/s "
            f"min-bytes, rel err {_f(row.get('fused_rel_err'), '.1e')}")
     if row.get("error") or row.get("compile_error"):
@@ -758,19 +798,21 @@ def markdown(results):
     if results.get("pytest"):
         lines += [f"Tests (compiled, `tests/test_kernels.py`): rc={results['pytest'].get('rc')} "
                   f"{results['pytest'].get('summary') or ''}", ""]
-    lines += [f"min bytes = (2·B·c·H·W + params + 4·B·c)·elem; fused model bytes = (14·B·c·H·W + params + 4·B·c)·elem; "
+    lines += [f"min bytes = (2·B·c·H·W + params + 4·B·c)·elem; fused model bytes = (k·B·c·H·W + params + 4·B·c)·elem with k = 9 up to c = 64 (ffn_fused), else 14; "
               f"peak = {peak / 1e12:.2f} TB/s (datasheet)" if peak else "peak bandwidth unknown for this device", ""]
     copy = results["device"].get("copy") or {}
     if copy.get("Bps"):
         lines += [f"Measured ceiling: a {copy['bytes_moved'] / 2 ** 31:.0f} GiB device-to-device copy moves "
                   f"{copy['Bps'] / 1e12:.2f} TB/s (read + write, median of 20); '% copy' columns use it.", ""]
     lines += ["Columns: 'fused' is the default dispatch (LayerNorm in the GEMM below c = 128, its own kernel "
-              "from 128 up); 'LN in GEMM' / 'LN separate' force one mode (TILEDIFF_KERNELS_LN); 'graph' columns "
+              "from 128 up; conv3..conv5 as one ffn_fused launch up to c = 64); 'LN in GEMM' / 'LN separate' "
+              "force one mode (TILEDIFF_KERNELS_LN; 'separate' also turns ffn_fused off); 'ffn_fused off' is the "
+              "default with conv3..conv5 as three launches (TILEDIFF_KERNELS_FFN=0); 'graph' columns "
               "replay each path from a CUDA graph (device time without host launch gaps).", "",
-              "| dtype | c | eager ms | compile ms | fused ms | LN in GEMM ms | LN separate ms | eager graph ms "
-              "| fused graph ms | fused vs eager | fused vs compile | graphs: fused vs eager | fused GB/s (min) "
-              "| % copy (fused model) | rel err |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| dtype | c | eager ms | compile ms | fused ms | LN in GEMM ms | LN separate ms | ffn_fused off ms "
+              "| eager graph ms | fused graph ms | fused vs eager | fused vs compile | graphs: fused vs eager "
+              "| fused GB/s (min) | % copy (fused model) | rel err |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["block"]:
         d = derived(row, peak)
         pct = (lambda v: "—" if v is None else f"{100 * v:.0f}%")
@@ -780,7 +822,8 @@ def markdown(results):
             row["dtype"], str(row["c"]), _f(row.get("eager_ms"), ".3f"),
             _f(row.get("compile_ms"), ".3f") if row.get("compile_ms") else (row.get("compile_skipped") or row.get("compile_error") or "—"),
             _f(row.get("fused_ms"), ".3f"), _f(row.get("fused_ln_fused_ms"), ".3f"),
-            _f(row.get("fused_ln_separate_ms"), ".3f"), _f(row.get("eager_graph_ms"), ".3f"),
+            _f(row.get("fused_ln_separate_ms"), ".3f"), _f(row.get("fused_ffn_off_ms"), ".3f"),
+            _f(row.get("eager_graph_ms"), ".3f"),
             _f(row.get("fused_graph_ms"), ".3f"),
             x_(d.get("speedup_fused_vs_eager")), x_(d.get("speedup_fused_vs_compile")),
             x_(d.get("speedup_graph_fused_vs_eager")),
@@ -877,7 +920,7 @@ def main(argv=None):
                     matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
                     TILEDIFF_KERNELS=os.environ.get("TILEDIFF_KERNELS")),
         formulas=dict(min_bytes="(2*B*c*H*W + n_params + 4*B*c) * elem_size",
-                      fused_model_bytes="(14*B*c*H*W + n_params + 4*B*c) * elem_size",
+                      fused_model_bytes="(k*B*c*H*W + n_params + 4*B*c) * elem_size, k = 9 with ffn_fused (c <= 64), else 14",
                       bandwidth="bytes / median_time", frac_peak="bandwidth / peak_bw_Bps"),
         block=[],
     )

@@ -13,6 +13,8 @@
 #    from CUDA graphs, torch.compile at fp16:64 bf16:64 fp16:512; the latent network at 750x500, eager / fused / fused + CUDA graph, with the
 #    relative error of each against eager; each fused launch alone at c=64 and 256; a sweep of
 #    launch configurations (--sweep), whose winners go to OUT_DIR/kernel_configs.json).
+# 2b. gpu_bench.py again with the configurations the sweep kept, if any (TILEDIFF_KERNEL_CONFIGS): fp16,
+#    c = 64 and 512 with torch.compile, and the network, into OUT_DIR/with_kept_configs/; step 3 uses them too.
 # 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16) after
 #    a 2-step warm-up, plus one sampler step taken apart and profiled.
 # Results: OUT_DIR/gpu_<device>_<date>.json/.md, OUT_DIR/gpu_restore_<device>_<date>.json,
@@ -29,16 +31,18 @@ OUT_DIR="${1:-benchmarks/results}"
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 LOG="$OUT_DIR/gpu_check.log"
-TOTAL_BUDGET="${GPU_CHECK_BUDGET_S:-450}"   # seconds for the whole script (kept under 8 minutes)
+TOTAL_BUDGET="${GPU_CHECK_BUDGET_S:-460}"   # seconds for the whole script (kept under 8 minutes)
 PYTEST_TIMEOUT="${GPU_CHECK_PYTEST_S:-210}"
 # GPU_CHECK_QUICK=1: a short confirmation run (fp16 only, c=64/512, no sweep or breakdown, the
 # restoration's CUDA-graph run only), for when little device time is left
 QUICK="${GPU_CHECK_QUICK:-0}"
-RESTORE_RESERVE=150
+RESTORE_RESERVE=120
+CONFIRM_RESERVE=110   # step 2b
 BENCH_ARGS=(--sweep --compile-only fp16:64 bf16:64 fp16:512)
 RESTORE_ARGS=()
 if [ "$QUICK" = 1 ]; then
     RESTORE_RESERVE=70
+    CONFIRM_RESERVE=0
     BENCH_ARGS=(--dtypes fp16 --channels 64 512 --compile-only fp16:64 --breakdown-channels)
     RESTORE_ARGS=(--only-graphs)
 fi
@@ -108,14 +112,29 @@ else
     EXTRA_VERIFY=(--verify)
 fi
 
-# 2. timings, in what is left of the budget (150 s kept for step 3)
-LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - RESTORE_RESERVE ))
+# 2. timings, in what is left of the budget (CONFIRM_RESERVE kept for 2b, RESTORE_RESERVE for 3)
+LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - RESTORE_RESERVE - CONFIRM_RESERVE ))
 [ "$LEFT" -lt 60 ] && LEFT=60
 log "gpu_bench.py, budget ${LEFT}s"
 timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" "${BENCH_ARGS[@]}" \
     --pytest-rc "$PYTEST_RC" --pytest-summary "$PYTEST_SUMMARY" ${EXTRA_VERIFY[@]+"${EXTRA_VERIFY[@]}"} "$@" 2>&1 | tee -a "$LOG"
 BENCH_RC=${PIPESTATUS[0]}
 log "gpu_bench.py rc=$BENCH_RC; total ${SECONDS}s"
+
+# 2b. eager, torch.compile and the fused block back to back in one process (c = 64 and 512, fp16),
+#     and the network — with the configurations the sweep kept, if any (the restoration uses them too)
+if [ "$QUICK" != 1 ]; then
+    if [ -s "$OUT_DIR/kernel_configs.json" ]; then
+        export TILEDIFF_KERNEL_CONFIGS="$OUT_DIR/kernel_configs.json"
+    fi
+    LEFT=$(( TOTAL_BUDGET - SECONDS - 10 - RESTORE_RESERVE ))
+    [ "$LEFT" -lt 45 ] && LEFT=45
+    log "gpu_bench.py, configurations: ${TILEDIFF_KERNEL_CONFIGS:-heuristics}, budget ${LEFT}s"
+    timeout -k 10 $(( LEFT + 30 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR/with_kept_configs" --budget-s "$LEFT" \
+        --dtypes fp16 --channels 64 512 --compile-only fp16:64 fp16:512 --separate-ln-dtypes \
+        --breakdown-channels 64 2>&1 | tee -a "$LOG"
+    log "gpu_bench.py (2b) rc=${PIPESTATUS[0]}; total ${SECONDS}s"
+fi
 
 # 3. a full 100-step restoration of a 6000x4000 image (official dehazing configuration, random
 #    weights, tiled engine, fp16): fused kernels, then eager if time allows

@@ -84,7 +84,7 @@ def step_parts(model, x, args, device, out_dir):
         try:
             from torch.profiler import ProfilerActivity, profile
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=acts) as prof:
+            with profile(activities=acts, record_shapes=True) as prof:
                 state = xt
                 for t in (tm, tm - 1, tm - 2):
                     state = sde.sde_step(sch, state, mu, fn(state, t), t, noise(t, state))
@@ -96,6 +96,11 @@ def step_parts(model, x, args, device, out_dir):
             if device.type == "cuda":
                 text += ["", "# sorted by device time", "",
                          table.table(sort_by="self_cuda_time_total", row_limit=25)]
+                # which tensors the copies move (where the aten::copy_ device time comes from)
+                copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
+                copies.sort(key=lambda e: -e.self_device_time_total)
+                text += ["", "# aten::copy_ by input shapes (self device us total, calls)", ""]
+                text += [f"{e.self_device_time_total:10.1f} us {e.count:5d}x  {e.input_shapes}" for e in copies[:20]]
             (Path(out_dir) / "gpu_restore_profile.txt").write_text("\n".join(text))
         except Exception as err:
             parts["profile_error"] = f"{type(err).__name__}: {str(err)[:300]}"

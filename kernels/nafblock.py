@@ -45,6 +45,9 @@ The fused path is six Triton launches plus one zero-fill of the (B, c) pooling b
     conv1x1_fused(SCA scale prologue, x + beta*.)   x1 -> y
     conv1x1_fused(LN2+mod prologue, gate [+cam])    y  -> x2  (c)
     conv1x1_fused(y + gamma*.)                      x2 -> out
+Up to 64 channels (``fused_ffn``; TILEDIFF_KERNELS_FFN=0 turns it off) the last three are one
+``ffn_fused`` launch: a program holds every channel of its pixel tile, so y and x2 stay in
+registers and the block moves 9c elements per pixel instead of 14c (four launches in all).
 From c = 128 up (``SEPARATE_LN_FROM``) the two LayerNorms run instead as the standalone
 ``ln_modulate`` kernel followed by a plain fused 1x1 conv: one more round trip through memory, but
 the GEMM no longer recomputes the statistics for every output-channel tile and its K loop streams
@@ -113,6 +116,16 @@ def kernels_available(device) -> bool:
     if dev.type == "cuda":
         return torch.cuda.is_available()
     return bool(tk.INTERPRET)
+
+
+def fused_ffn(c: int) -> bool:
+    """Whether the block's second half (conv3 .. conv5) runs as the one ffn_fused kernel at width c:
+    up to triton_kernels.FFN_FUSED_MAX_C channels, with the LayerNorm in the GEMM (not separate);
+    TILEDIFF_KERNELS_FFN=0 turns it off (three fused 1x1-conv launches instead)."""
+    if os.environ.get("TILEDIFF_KERNELS_FFN", "1").strip() == "0" or separate_layernorm(c):
+        return False
+    tk = _triton_kernels()
+    return tk is not None and c <= tk.FFN_FUSED_MAX_C
 
 
 def separate_layernorm(c: int) -> bool:
@@ -283,6 +296,9 @@ def fused_nafblock_forward(x: torch.Tensor, params, mods, cam: CamArg = None, *,
     x1, pool = tk.dwconv_gate_pool(u, p.w2, p.b2, out=mid(c), pool=pool)
     del u
     s = tk.sca_vector(pool, H * W, p.w_sca, p.b_sca)                      # (B, c) fp32
+    if fused_ffn(c):   # conv3 .. conv5 in one kernel, y and x2 never leave registers
+        return tk.ffn_fused(x1, x, s, p.w3, p.b3, p.beta, p.g2, m.scale_ffn, m.shift_ffn,
+                            p.w4, p.b4, p.w5, p.b5, p.gamma, cam=cam, out=out if out is not None else mid(c))
     y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=mid(c))
     del x1
     # feed-forward branch

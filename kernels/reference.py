@@ -120,3 +120,12 @@ def reference_conv1x1(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
             y = y * _gain(coef, Cout, dt)
         y = residual + y
     return y
+
+
+def reference_ffn_fused(x1: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w3, b3, beta, g2, scale, shift,
+                        w4, b4, w5, b5, gamma, cam: Optional[Sequence] = None,
+                        eps: Optional[float] = None) -> torch.Tensor:
+    """Reference of ``ffn_fused``: the block's second half as three 1x1 convs (see reference_conv1x1)."""
+    y = reference_conv1x1(x1, w3, b3, in_scale=s, residual=x, coef=beta)
+    x2 = reference_conv1x1(y, w4, b4, ln=(g2, scale, shift), eps=eps, gate=True, cam=cam)
+    return reference_conv1x1(x2, w5, b5, residual=y, coef=gamma)

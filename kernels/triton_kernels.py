@@ -208,11 +208,12 @@ def _conv1x1_kernel(x_ptr, w_ptr, bias_ptr, out_ptr,
                     eps,
                     LN: tl.constexpr, LN_MOD: tl.constexpr, IN_SCALE: tl.constexpr,
                     GATE: tl.constexpr, CAM: tl.constexpr, RESIDUAL: tl.constexpr,
-                    HAS_COEF: tl.constexpr, PREC: tl.constexpr,
+                    HAS_COEF: tl.constexpr, PREC: tl.constexpr, ONE_K: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[b, m, p] = epilogue( sum_k W[m, k] * prologue(x)[b, k, p] ), one (BLOCK_M x BLOCK_N)
     tile of (output channels x pixels) per program; output-channel tiles vary fastest so that
-    programs sharing an input tile run together (it is then read from L2)."""
+    programs sharing an input tile run together (it is then read from L2).  ONE_K (Cin <= BLOCK_K):
+    the LayerNorm statistics come from the one input tile the GEMM loads anyway (no second pass)."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(Cout, BLOCK_M)
     num_n = tl.cdiv(P, BLOCK_N)
@@ -228,7 +229,7 @@ def _conv1x1_kernel(x_ptr, w_ptr, bias_ptr, out_ptr,
     offs_k0 = tl.arange(0, BLOCK_K)
     x_base = x_ptr + b * sx_b
 
-    if LN:
+    if LN and not ONE_K:
         mean, rstd = _chunk_stats(x_base, offs_n, mask_n, Cin, sx_c, sx_p, eps, BLOCK_K, BLOCK_N)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -241,7 +242,14 @@ def _conv1x1_kernel(x_ptr, w_ptr, bias_ptr, out_ptr,
                      mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if LN:
             gk = tl.load(ln_g_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-            xf = (xt.to(tl.float32) - mean[None, :]) * rstd[None, :] * gk[:, None]
+            if ONE_K:   # statistics of this tile (it holds every channel; masked rows load 0)
+                xs = xt.to(tl.float32)
+                mean = tl.sum(xs, axis=0) / Cin
+                d = tl.where(mask_k[:, None], xs - mean[None, :], 0.0)
+                rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / Cin + eps)
+                xf = d * rstd[None, :] * gk[:, None]
+            else:
+                xf = (xt.to(tl.float32) - mean[None, :]) * rstd[None, :] * gk[:, None]
             if LN_MOD:
                 sc = tl.load(mod_scale_ptr + b * sms_b + offs_k * sms_c, mask=mask_k, other=0.0).to(tl.float32)
                 sh = tl.load(mod_shift_ptr + b * smh_b + offs_k * smh_c, mask=mask_k, other=0.0).to(tl.float32)
@@ -274,6 +282,64 @@ def _conv1x1_kernel(x_ptr, w_ptr, bias_ptr, out_ptr,
         y = r + y
     tl.store(out_ptr + b * so_b + offs_m[:, None] * so_c + offs_n[None, :] * so_p,
              y.to(out_ptr.dtype.element_ty), mask=m_out)
+
+
+@triton.jit
+def _ffn_fused_kernel(x1_ptr, x_ptr, out_ptr, s_ptr, w3_ptr, b3_ptr, beta_ptr,
+                      g2_ptr, msc_ptr, msh_ptr, w4_ptr, b4_ptr, cs_ptr, csh_ptr, w5_ptr, b5_ptr, gamma_ptr,
+                      C, P, sa_b, sa_c, sa_p, sx_b, sx_c, sx_p, so_b, so_c, so_p,
+                      sms_b, sms_c, smh_b, smh_c, scs_b, scs_c, sch_b, sch_c, eps,
+                      CAM: tl.constexpr, PREC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The block's second half on one tile of BLOCK_N pixels x all C channels (C <= BLOCK_C):
+        y   = x + beta * (W3 @ (x1 * s) + b3)
+        t   = LN2(y) * (1 + scale_ffn) + shift_ffn
+        x2  = (W4[:C] @ t + b4[:C]) * (W4[C:] @ t + b4[C:])   [* (1 + cam_scale) + cam_shift]
+        out = y + gamma * (W5 @ x2 + b5)
+    y and x2 stay in registers (rounded to the storage dtype where the unfused path stores them), so
+    per pixel only x1, x (c each) are read and out (c) written: 3c elements instead of 8c."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    dt = out_ptr.dtype.element_ty
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < P
+    m2 = mask_c[:, None] & mask_n[None, :]
+    w_mask = mask_c[:, None] & mask_c[None, :]
+    w_off = offs_c[:, None] * C + offs_c[None, :]
+    # conv3 with the SCA scale as prologue, beta-scaled residual
+    x1 = tl.load(x1_ptr + b * sa_b + offs_c[:, None] * sa_c + offs_n[None, :] * sa_p, mask=m2, other=0.0)
+    s = tl.load(s_ptr + b * C + offs_c, mask=mask_c, other=0.0)
+    x1 = (x1.to(tl.float32) * s[:, None]).to(dt)
+    acc = tl.dot(tl.load(w3_ptr + w_off, mask=w_mask, other=0.0), x1, input_precision=PREC)
+    acc += tl.load(b3_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
+    xr = tl.load(x_ptr + b * sx_b + offs_c[:, None] * sx_c + offs_n[None, :] * sx_p, mask=m2, other=0.0)
+    beta = tl.load(beta_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    y = (xr.to(tl.float32) + acc * beta[:, None]).to(dt).to(tl.float32)     # rows >= C are 0
+    # LayerNorm 2 (fp32 statistics over the C channels of each pixel) + modulation
+    mean = tl.sum(y, axis=0) / C
+    d = tl.where(mask_c[:, None], y - mean[None, :], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+    g2 = tl.load(g2_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    sc = tl.load(msc_ptr + b * sms_b + offs_c * sms_c, mask=mask_c, other=0.0).to(tl.float32)
+    sh = tl.load(msh_ptr + b * smh_b + offs_c * smh_c, mask=mask_c, other=0.0).to(tl.float32)
+    t = ((d * rstd[None, :] * g2[:, None]) * (1.0 + sc[:, None]) + sh[:, None]).to(dt)
+    # conv4 + SimpleGate (+ cam)
+    ga = tl.dot(tl.load(w4_ptr + w_off, mask=w_mask, other=0.0), t, input_precision=PREC)
+    gb = tl.dot(tl.load(w4_ptr + C * C + w_off, mask=w_mask, other=0.0), t, input_precision=PREC)
+    ga += tl.load(b4_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
+    gb += tl.load(b4_ptr + C + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
+    x2 = ga * gb
+    if CAM:
+        cs = tl.load(cs_ptr + b * scs_b + offs_c * scs_c, mask=mask_c, other=0.0).to(tl.float32)
+        csh = tl.load(csh_ptr + b * sch_b + offs_c * sch_c, mask=mask_c, other=0.0).to(tl.float32)
+        x2 = x2 * (1.0 + cs[:, None]) + csh[:, None]
+    # conv5, gamma-scaled residual
+    acc5 = tl.dot(tl.load(w5_ptr + w_off, mask=w_mask, other=0.0), x2.to(dt), input_precision=PREC)
+    acc5 += tl.load(b5_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
+    gamma = tl.load(gamma_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    out = y + acc5 * gamma[:, None]
+    tl.store(out_ptr + b * so_b + offs_c[:, None] * so_c + offs_n[None, :] * so_p, out.to(dt), mask=m2)
 
 
 @triton.jit
@@ -401,7 +467,8 @@ def _check_out(out, shape, like):
 # ---- launch configurations (heuristics; not autotuned, so no compile-time sweep) -------------
 
 # Launch configurations that replace the heuristics below for one exact case, keyed by
-# ("ln", C, channel_contig), ("dw", C, channel_contig) or ("gemm", Cin, Cout, dtype, gate, ln);
+# ("ln", C, channel_contig), ("dw", C, channel_contig), ("sca", C), ("ffn", C, dtype) or
+# ("gemm", Cin, Cout, dtype, gate, ln);
 # benchmarks/gpu_bench.py --sweep fills it to try alternatives on a GPU.
 CONFIG_OVERRIDES = {}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -425,6 +492,12 @@ def override_key_from_text(text: str):
         if kind in ("dw", "ln"):
             c, contig = rest
             return (kind, int(c), contig == "1")
+        if kind == "sca":
+            (c,) = rest
+            return (kind, int(c))
+        if kind == "ffn":
+            c, dt = rest
+            return (kind, int(c), _DTYPES[dt])
     except (ValueError, KeyError):
         pass
     raise ValueError(f"not a kernel launch key: {text!r} (e.g. 'gemm:64:128:float16:0:1', 'dw:64:0')")
@@ -469,6 +542,23 @@ def _dw_cfg(C, channel_contig):
         bc = min(_np2(C), 64)
         return dict(BLOCK_C=bc, BLOCK_P=max(2048 // bc, 16), num_warps=4)
     return dict(BLOCK_C=2, BLOCK_P=1024, num_warps=4)
+
+
+# Widths up to which the block's second half runs as the one ffn_fused kernel (all channels of a
+# pixel tile in one program: three C x C weight tiles and the fp32 intermediates must fit).
+FFN_FUSED_MAX_C = 64
+
+
+def _ffn_cfg(C, dtype):
+    if INTERPRET:
+        return dict(BLOCK_N=32, num_warps=4)
+    return dict(BLOCK_N=64 if dtype != torch.float32 else 32, num_warps=4, num_stages=1)
+
+
+def _sca_cfg(C):
+    # many small programs: the GEMV is latency-bound (64-row programs took 15 us at c = 512 on an
+    # H200 in 2026-11-27 run 3, only 8 programs for the whole chip)
+    return dict(BLOCK_M=min(_np2(C), 16), BLOCK_K=min(_np2(C), 256), num_warps=4)
 
 
 def _gemm_cfg(Cin, Cout, dtype, gate):
@@ -548,6 +638,50 @@ def dwconv_gate_pool(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     return out, (pool if has_pool else None)
 
 
+def ffn_fused(x1: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w3, b3, beta, g2, scale, shift,
+              w4, b4, w5, b5, gamma, cam: Optional[Sequence] = None, eps: Optional[float] = None,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The NAFBlock from the SCA multiply to its output in one kernel (see _ffn_fused_kernel), for
+    C <= FFN_FUSED_MAX_C channels.  x1: the gated depthwise output (B, C, H, W); x: the block input;
+    s: the (B, C) fp32 SCA scale; scale/shift: the (B, C)-like FFN modulations; cam optional.
+    Semantics: conv1x1_fused(x1, w3, b3, in_scale=s, residual=x, coef=beta) -> y, then
+    conv1x1_fused(y, w4, b4, ln=(g2, scale, shift), gate=True, cam=cam) -> x2, then
+    conv1x1_fused(x2, w5, b5, residual=y, coef=gamma)."""
+    x1 = as_flat_layout(x1)
+    x = as_flat_layout(x)
+    B, C, H, W = x.shape
+    if C > FFN_FUSED_MAX_C:
+        raise ValueError(f"ffn_fused handles up to {FFN_FUSED_MAX_C} channels, got {C}")
+    if tuple(x1.shape) != (B, C, H, W):
+        raise ValueError(f"x1 must be {(B, C, H, W)}, got {tuple(x1.shape)}")
+    if s.shape != (B, C) or s.dtype != torch.float32 or not s.is_contiguous():
+        raise ValueError("s must be a contiguous (B, C) float32 tensor")
+    dt = x.dtype
+    eps = ln_eps(dt) if eps is None else eps
+    if out is None:
+        out = empty_like_layout(x, C)
+    _check_out(out, x.shape, x)
+    zeros = torch.zeros((1, C), device=x.device) if scale is None or shift is None else None
+    sc, sms_b, sms_c = bc_vec(scale if scale is not None else zeros, B, C, x)
+    sh, smh_b, smh_c = bc_vec(shift if shift is not None else zeros, B, C, x)
+    cs, scs_b, scs_c = csh, sch_b, sch_c = x, 0, 0
+    if cam is not None:
+        cs, scs_b, scs_c = bc_vec(cam[0], B, C, x)
+        csh, sch_b, sch_c = bc_vec(cam[1], B, C, x)
+    sab, sac, sap = bcp_strides(x1)
+    sxb, sxc, sxp = bcp_strides(x)
+    sob, soc, sop = bcp_strides(out)
+    cfg = launch_config(("ffn", C, dt), _ffn_cfg(C, dt))
+    grid = (_cdiv(H * W, cfg["BLOCK_N"]), B)
+    _ffn_fused_kernel[grid](x1, x, out, s, as_matrix(w3, C, x, C), per_channel(b3, C, x), per_channel(beta, C, x),
+                            per_channel(g2, C, x), sc, sh, as_matrix(w4, 2 * C, x, C), per_channel(b4, 2 * C, x),
+                            cs, csh, as_matrix(w5, C, x, C), per_channel(b5, C, x), per_channel(gamma, C, x),
+                            C, H * W, sab, sac, sap, sxb, sxc, sxp, sob, soc, sop,
+                            sms_b, sms_c, smh_b, smh_c, scs_b, scs_c, sch_b, sch_c, float(eps),
+                            CAM=cam is not None, PREC=dot_precision(dt), BLOCK_C=max(_np2(C), 16), **cfg)
+    return out
+
+
 def sca_vector(pool: torch.Tensor, hw: int, w: torch.Tensor, b: torch.Tensor,
                out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """s = b + (pool / hw) @ w^T in fp32: the SCA 1x1 conv of the global mean, from the pooled sums.
@@ -559,9 +693,8 @@ def sca_vector(pool: torch.Tensor, hw: int, w: torch.Tensor, b: torch.Tensor,
     if ww.numel() != C * C:
         raise ValueError(f"SCA weight of shape {tuple(w.shape)} is not ({C}, {C}[, 1, 1])")
     bb = per_channel(b, C, pool)
-    bm = min(_np2(C), 64)
-    bk = min(_np2(C), 64)
-    _sca_kernel[(_cdiv(C, bm), B)](pool, ww, bb, out, C, 1.0 / hw, BLOCK_M=bm, BLOCK_K=bk, num_warps=4)
+    cfg = launch_config(("sca", C), _sca_cfg(C))
+    _sca_kernel[(_cdiv(C, cfg["BLOCK_M"]), B)](pool, ww, bb, out, C, 1.0 / hw, **cfg)
     return out
 
 
@@ -629,5 +762,6 @@ def conv1x1_fused(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
                           float(eps),
                           LN=has_ln, LN_MOD=ln_mod, IN_SCALE=in_scale is not None, GATE=bool(gate),
                           CAM=cam is not None, RESIDUAL=residual is not None,
-                          HAS_COEF=coef is not None, PREC=dot_precision(dt), **cfg)
+                          HAS_COEF=coef is not None, PREC=dot_precision(dt),
+                          ONE_K=Cin <= cfg["BLOCK_K"], **cfg)
     return out

@@ -185,14 +185,15 @@ def test_dwconv_gate_pool_2d_tiles(tiles, dtype, shape, layout, monkeypatch):
 
 
 def test_config_override_text_round_trip(tmp_path):
-    keys = [("gemm", 64, 128, torch.float16, False, True), ("dw", 512, False), ("ln", 256, True)]
+    keys = [("gemm", 64, 128, torch.float16, False, True), ("dw", 512, False), ("ln", 256, True), ("sca", 64),
+            ("ffn", 64, torch.float16)]
     for key in keys:
         assert tk.override_key_from_text(tk.override_key_to_text(key)) == key
     with pytest.raises(ValueError, match="kernel launch key"):
         tk.override_key_from_text("gemm:64:x")
 
 
-@pytest.mark.parametrize("B,c", [(1, 16), (3, 48), (3, 128)])
+@pytest.mark.parametrize("B,c", [(1, 16), (3, 48), (3, 128), (2, 300)])
 def test_sca_vector(B, c):
     rnd = gen(8)
     pool = rnd(B, c) * 50
@@ -317,6 +318,54 @@ def test_layernorm_mode_choice(monkeypatch):
         nb.separate_layernorm(64)
 
 
+FFN_CASES = [prm for prm in CASES if prm.values[1][1] <= 64]
+
+
+@pytest.mark.parametrize("with_cam", [False, True])
+@pytest.mark.parametrize("dtype,shape,layout", FFN_CASES)
+def test_ffn_fused(dtype, shape, layout, with_cam):
+    """The block's second half in one kernel (conv3 + SCA scale + beta residual, LN2 + modulation,
+    conv4 + gate [+ cam], conv5 + gamma residual) against the three reference 1x1 convs."""
+    B, c, H, W = shape
+    x, p, mods, cam = block_inputs(shape, dtype, layout, seed=9)
+    x1 = gen(10)(B, c, H, W, dtype=dtype, layout=layout)
+    s = gen(11)(B, c)                                   # fp32 (B, c), as sca_vector makes it
+    args = (x1, x, s, p.w3, p.b3, p.beta, p.g2, mods[3], mods[2], p.w4, p.b4, p.w5, p.b5, p.gamma)
+    cam = cam if with_cam else None
+    out = tk.ffn_fused(*args, cam=cam, out=poisoned(shape, dtype, layout))
+    assert_layout(out, layout)
+    check(out, R.reference_ffn_fused(*args, cam=cam), dtype, f"ffn_fused cam={with_cam}")
+
+
+def test_ffn_fused_rejects_wide_blocks():
+    c = tk.FFN_FUSED_MAX_C * 2
+    x, p, mods, _ = block_inputs((1, c, 3, 5), torch.float32, "nchw")
+    with pytest.raises(ValueError, match="ffn_fused handles up to"):
+        tk.ffn_fused(x, x, torch.zeros(1, c), p.w3, p.b3, p.beta, p.g2, None, None,
+                     p.w4, p.b4, p.w5, p.b5, p.gamma)
+
+
+def test_ffn_mode_choice_and_switch(monkeypatch):
+    """ffn_fused below FFN_FUSED_MAX_C with the LayerNorm in the GEMM; TILEDIFF_KERNELS_FFN=0 gives
+    the three 1x1-conv launches, with the same result."""
+    monkeypatch.delenv("TILEDIFF_KERNELS_LN", raising=False)
+    monkeypatch.delenv("TILEDIFF_KERNELS_FFN", raising=False)
+    assert nb.fused_ffn(16) and nb.fused_ffn(64) and not nb.fused_ffn(128)
+    monkeypatch.setenv("TILEDIFF_KERNELS_LN", "separate")
+    assert not nb.fused_ffn(16)
+    monkeypatch.delenv("TILEDIFF_KERNELS_LN")
+    monkeypatch.setattr(nb, "POISON_INTERMEDIATES", True)
+    x, p, mods, cam = block_inputs((3, 48, 17, 9), torch.float32, "cl", seed=12)
+    with torch.no_grad():
+        one = nb.fused_nafblock_forward(x, p, mods, cam)
+        monkeypatch.setenv("TILEDIFF_KERNELS_FFN", "0")
+        assert not nb.fused_ffn(48)
+        three = nb.fused_nafblock_forward(x, p, mods, cam)
+    ref = nb.reference_nafblock_forward(x, p, mods, cam)
+    check(one, ref, torch.float32, "ffn_fused block")
+    check(three, ref, torch.float32, "three-launch block")
+
+
 def test_dict_params_and_grad_fallback():
     x, p, mods, cam = block_inputs((1, 16, 7, 13), torch.float32, "nchw", seed=7)
     ref = nb.reference_nafblock_forward(x, p, mods, cam)
@@ -356,3 +405,38 @@ def test_kernels_available(monkeypatch):
     assert nb.kernels_available(DEVICE)
     monkeypatch.setenv("TILEDIFF_KERNELS", "0")
     assert not nb.kernels_available(DEVICE)
+
+
+@pytest.mark.skipif(ON_CUDA, reason="on a GPU the sweep itself checks every candidate (rel_err); "
+                                     "compiling them all here would double the compiled test time")
+@pytest.mark.parametrize("c", [16, 128])
+def test_gpu_bench_sweep_candidates(c, monkeypatch):
+    """Every launch configuration benchmarks/gpu_bench.py --sweep may try (1-D and 2-D-tile
+    depthwise kernels, GEMM, LayerNorm and SCA variants) computes the same launch output as the
+    heuristic one, and the launches of block_launches chain into the fused block's result — so the
+    GPU sweep cannot keep a wrong configuration or stop on one that fails to run.  c = 16 takes the
+    LayerNorm-in-GEMM path, c = 128 the separate LayerNorm kernel."""
+    from benchmarks import gpu_bench as gb
+    monkeypatch.setattr(tk, "CONFIG_OVERRIDES", {})
+    x, p, mods = gb.make_block(1, c, 9, 13, torch.float32, DEVICE, seed=1)
+    pool = torch.zeros((1, c), device=DEVICE, dtype=torch.float32)
+    with torch.no_grad():
+        launches = gb.block_launches(x, p, mods, pool)
+        out = [fn() for *_, fn in launches][-1]
+        check(out, nb.reference_nafblock_forward(x, p, mods), torch.float32, "block_launches chain")
+        groups = gb.sweep_groups(launches)
+        assert {key[0] for _, key, *_ in groups} >= ({"gemm", "dw", "sca", "ffn"} if c <= 64 else {"gemm", "dw", "sca", "ln"})
+        for name, key, default, candidates, fn in groups:
+            if key[0] == "dw" and c > 16:
+                continue   # the same candidates as at c = 16, and slow under the interpreter
+            buf = fn()                      # each group writes into the same output buffer
+            ref = buf.clone()
+            for cand in candidates:
+                cfg = dict(cand) if "TILE_W" in cand else dict(default, **cand)
+                tk.CONFIG_OVERRIDES[key] = dict(cfg, num_stages=1) if "num_stages" in cfg else cfg
+                buf.fill_(float("nan"))         # poisoned: an element left unwritten fails
+                got = fn()
+                assert got.data_ptr() == buf.data_ptr()
+                assert torch.isfinite(got).all(), (name, cfg)
+                check(got, ref, torch.float32, f"{name} {cfg}")
+            tk.CONFIG_OVERRIDES.pop(key)
