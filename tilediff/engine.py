@@ -291,13 +291,22 @@ def _lens_kwargs(lens, device):
     return {k: torch.tensor([float(v)], device=device) for k, v in zip(("src_lens", "tgt_lens", "disparity"), lens)}
 
 
+def _network_input(t, device, dtype):
+    """t on the device in the network's dtype; NCHW-contiguous on CUDA.  The compressor's canvases
+    arrive channels-last (its convolutions are faster in it), but the fused NAFBlock kernels' launch
+    configurations were chosen on NCHW tensors (benchmarks/gpu_bench.py --sweep), so the noise
+    network gets NCHW there.  On the CPU the eager network keeps the layout it is given."""
+    t = t.to(device=device, dtype=dtype)
+    return t.contiguous() if t.device.type == "cuda" else t
+
+
 def whole_noise_fn(net, mu, device, dtype, lens=None):
     """noise_fn(x, t) -> ε of the whole canvas, computed in ``dtype`` on ``device``, returned float32 where x is."""
-    mu_d = mu.to(device=device, dtype=dtype)
+    mu_d = _network_input(mu, device, dtype)
     kwargs = _lens_kwargs(lens, device)
 
     def noise_fn(x, t):
-        eps = net(x.to(device=device, dtype=dtype), mu_d, t, **kwargs)
+        eps = net(_network_input(x, device, dtype), mu_d, t, **kwargs)
         return eps.to(device=x.device, dtype=torch.float32)
     return noise_fn
 
@@ -318,7 +327,7 @@ def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, repo
         for g, group in enumerate(groups):
             xs = torch.cat([x[(slice(None), slice(None)) + tiles[i].slices] for i in group])
             ms = torch.cat([mu[(slice(None), slice(None)) + tiles[i].slices] for i in group])
-            out = net(xs.to(device=device, dtype=dtype), ms.to(device=device, dtype=dtype), t_step, **kwargs)
+            out = net(_network_input(xs, device, dtype), _network_input(ms, device, dtype), t_step, **kwargs)
             out = out.to(device=x.device, dtype=torch.float32)
             for j, i in enumerate(group):
                 eps[(slice(None), slice(None)) + tiles[i].slices] += out[j:j + 1] * windows[i]
