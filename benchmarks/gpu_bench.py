@@ -402,9 +402,10 @@ def _attention_launches(x, p, m, pool, t1, ln1, u, x1, s, sep, c, dt, contig):
     from tilediff.kernels import triton_kernels as tk
     H, W = x.shape[-2:]
     return [
-        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep),
-         tk._gemm_cfg(c, 2 * c, dt, False), GEMM_CANDIDATES, 3, lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
-        ("dwconv+gate+pool", ("dw", c, contig), tk._dw_cfg(c, contig), DW_CANDIDATES, 3,
+        ("conv1" + ("" if sep else "+LN1"), ("gemm", c, 2 * c, dt, False, not sep, contig),
+         tk._gemm_cfg(c, 2 * c, dt, False, not sep, contig), GEMM_CANDIDATES, 3,
+         lambda: tk.conv1x1_fused(t1, p.w1, p.b1, ln=ln1, out=u)),
+        ("dwconv+gate+pool", ("dw", c, contig), tk._dw_cfg(c, contig, W), DW_CANDIDATES, 3,
          lambda: tk.dwconv_gate_pool(u, p.w2, p.b2, out=x1, pool=pool.zero_())[0]),
         ("sca", ("sca", c), tk._sca_cfg(c), SCA_CANDIDATES, 0,
          lambda: tk.sca_vector(pool, H * W, p.w_sca, p.b_sca, out=s)),
@@ -432,18 +433,19 @@ def block_launches(x, p, mods, pool):
     out = torch.empty_like(x)
     first = _attention_launches(x, p, m, pool, t1, ln1, u, x1, s, sep, c, dt, contig)
     if nb.fused_ffn(c):   # conv3 .. conv5 as one launch
-        return first + [("ffn(conv3..conv5)", ("ffn", c, dt), tk._ffn_cfg(c, dt), FFN_CANDIDATES, 3,
+        return first + [("ffn(conv3..conv5)", ("ffn", c, dt, contig), tk._ffn_cfg(c, dt, contig), FFN_CANDIDATES, 3,
                          lambda: tk.ffn_fused(x1, x, s, p.w3, p.b3, p.beta, p.g2, m.scale_ffn, m.shift_ffn,
                                               p.w4, p.b4, p.w5, p.b5, p.gamma, out=out))]
     y = tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta)
     t2 = tk.ln_modulate(y, p.g2, m.scale_ffn, m.shift_ffn) if sep else y
     x2 = tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True)
     ln_key, ln_cfg = ("ln", c, contig), tk._ln_cfg(c, contig)
-    plain_key, plain_cfg = ("gemm", c, c, dt, False, False), tk._gemm_cfg(c, c, dt, False)
+    plain_key, plain_cfg = ("gemm", c, c, dt, False, False, contig), tk._gemm_cfg(c, c, dt, False, False, contig)
     launches = first + [
         ("conv3+SCA+res", plain_key, plain_cfg, GEMM_CANDIDATES, 3,
          lambda: tk.conv1x1_fused(x1, p.w3, p.b3, in_scale=s, residual=x, coef=p.beta, out=y)),
-        ("conv4+gate" + ("" if sep else "+LN2"), ("gemm", c, c, dt, True, not sep), tk._gemm_cfg(c, c, dt, True),
+        ("conv4+gate" + ("" if sep else "+LN2"), ("gemm", c, c, dt, True, not sep, contig),
+         tk._gemm_cfg(c, c, dt, True, not sep, contig),
          GEMM_CANDIDATES, 2, lambda: tk.conv1x1_fused(t2, p.w4, p.b4, ln=ln2, gate=True, out=x2)),
         ("conv5+res", plain_key, plain_cfg, GEMM_CANDIDATES, 3,
          lambda: tk.conv1x1_fused(x2, p.w5, p.b5, residual=y, coef=p.gamma, out=out)),
@@ -517,7 +519,9 @@ DW_CANDIDATES = ([dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w) for bc, bp, w in [(4
 LN_CANDIDATES = [dict(BLOCK_C=bc, BLOCK_P=bp, num_warps=w)
                  for bc, bp, w in [(32, 128, 4), (16, 256, 4), (64, 64, 4), (8, 256, 4), (32, 256, 8),
                                    (64, 32, 4), (128, 32, 4)]]
-FFN_CANDIDATES = [dict(BLOCK_N=bn, num_warps=w, num_stages=1) for bn, w in [(32, 4), (64, 8), (128, 8), (32, 2), (16, 4)]]
+# only configurations that were right in both layouts on the H200 (run 6 probe: BLOCK_N 32 or 16 with
+# 4 warps is wrong on channels-last, 32 with 8 warps faults on NCHW; triton 3.6)
+FFN_CANDIDATES = [dict(BLOCK_N=bn, num_warps=w, num_stages=1) for bn, w in [(128, 8), (32, 2)]]
 SCA_CANDIDATES = [dict(BLOCK_M=bm, BLOCK_K=bk, num_warps=w)
                   for bm, bk, w in [(8, 128, 4), (8, 512, 4), (32, 128, 4), (16, 64, 2), (64, 64, 4)]]
 SWEEP_GAIN = 0.97   # a candidate is kept only when it takes under 97% of the heuristic's time

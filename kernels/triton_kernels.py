@@ -1,23 +1,29 @@
 """Triton kernels that fuse the conditional NAFBlock (imports triton; import lazily).
 
-Four kernels, each with a plain-PyTorch reference in :mod:`.reference` (``reference_<name>``):
+Five kernels, each with a plain-PyTorch reference in :mod:`.reference` (``reference_<name>``):
 
 ``ln_modulate``        channel LayerNorm (gain only, fp32 statistics) fused with x*(1+scale)+shift.
 ``dwconv_gate_pool``   3x3 depthwise conv + bias on 2c channels fused with SimpleGate; in the same
                        pass it accumulates the SCA pooling sums (fp32, per (b, channel) over H*W)
                        with ``tl.atomic_add``.  A launch configuration with TILE_H/TILE_W runs the
-                       2-D-tile variant (not the default until a GPU run has timed it).
+                       2-D-tile variant (no per-element division by W; the default for NCHW on a
+                       GPU since the 2026-11-27 run 4 sweep).
 ``sca_vector``         s = b_sca + (pool / HW) @ w_sca^T, the (B, c) SCA scale (tiny).
 ``conv1x1_fused``      a 1x1 conv as a ``tl.dot`` GEMM over channels with optional fused prologue
                        (LayerNorm + modulation of the input, or the per-(b, cin) SCA scale) and
                        epilogue (bias, SimpleGate of the two output halves, cam modulation,
                        ``residual + coef * out``).
+``ffn_fused``          the block's second half (conv3 with the SCA scale and beta residual, LN2 +
+                       modulation, conv4 + SimpleGate [+ cam], conv5 + gamma residual) for up to
+                       64 channels: one program holds every channel of its pixel tile, so the
+                       intermediates y and x2 never go to memory (chained ``tl.dot`` calls).
 
 Why the 1x1 convs are Triton GEMMs rather than cuBLAS: the NAFBlock is memory-bound, and doing the
 1x1 convs in-kernel lets the LayerNorm ride in the GEMM prologue and the gate/residual in its
 epilogue, so no normalised or pre-gate tensor is ever written to memory.  Per pixel the fused block
 moves 14·c elements (conv1: c in, 2c out; dwconv: 2c in, c out; conv3: 2c in, c out; conv4: c in,
-c out; conv5: 2c in, c out) against about 22·c with cuBLAS GEMMs + elementwise Triton epilogues.
+c out; conv5: 2c in, c out) against about 22·c with cuBLAS GEMMs + elementwise Triton epilogues;
+up to 64 channels, where ``ffn_fused`` replaces the last three, 9·c.
 ``ln_modulate`` is also a standalone kernel: the fused forward uses it from c = 128 up, where
 recomputing the statistics in every output-channel tile of the GEMM costs more than one more pass
 (see :mod:`.nafblock`).
@@ -467,9 +473,12 @@ def _check_out(out, shape, like):
 # ---- launch configurations (heuristics; not autotuned, so no compile-time sweep) -------------
 
 # Launch configurations that replace the heuristics below for one exact case, keyed by
-# ("ln", C, channel_contig), ("dw", C, channel_contig), ("sca", C), ("ffn", C, dtype) or
-# ("gemm", Cin, Cout, dtype, gate, ln);
-# benchmarks/gpu_bench.py --sweep fills it to try alternatives on a GPU.
+# ("ln", C, channel_contig), ("dw", C, channel_contig), ("sca", C), ("ffn", C, dtype, channel_contig)
+# or ("gemm", Cin, Cout, dtype, gate, ln, channel_contig); benchmarks/gpu_bench.py --sweep fills it
+# to try alternatives on a GPU.  Every key that a layout can change names the layout: a
+# configuration swept on NCHW tensors is never applied to channels-last ones (on an H200 with
+# triton 3.6, ffn_fused with BLOCK_N = 32 and 4 warps is right on NCHW and wrong on channels-last:
+# benchmarks/results/h200_2026-11-27_run6/ffn_probe.json).
 CONFIG_OVERRIDES = {}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -479,16 +488,20 @@ def launch_config(key, default):
 
 
 def override_key_to_text(key) -> str:
-    """('gemm', 64, 128, torch.float16, False, True) -> 'gemm:64:128:float16:0:1'."""
+    """('gemm', 64, 128, torch.float16, False, True, False) -> 'gemm:64:128:float16:0:1:0'."""
     return ":".join(str(k).replace("torch.", "") if not isinstance(k, bool) else str(int(k)) for k in key)
 
 
 def override_key_from_text(text: str):
+    """The inverse of override_key_to_text.  Keys written before the layout was part of the gemm and
+    ffn keys ('gemm:64:128:float16:0:1', 'ffn:64:float16') were swept on NCHW tensors and read so."""
     kind, *rest = text.split(":")
     try:
         if kind == "gemm":
-            cin, cout, dt, gate, ln = rest
-            return ("gemm", int(cin), int(cout), _DTYPES[dt], gate == "1", ln == "1")
+            cin, cout, dt, gate, ln, *contig = rest
+            if len(contig) > 1:
+                raise ValueError
+            return ("gemm", int(cin), int(cout), _DTYPES[dt], gate == "1", ln == "1", contig == ["1"])
         if kind in ("dw", "ln"):
             c, contig = rest
             return (kind, int(c), contig == "1")
@@ -496,11 +509,13 @@ def override_key_from_text(text: str):
             (c,) = rest
             return (kind, int(c))
         if kind == "ffn":
-            c, dt = rest
-            return (kind, int(c), _DTYPES[dt])
+            c, dt, *contig = rest
+            if len(contig) > 1:
+                raise ValueError
+            return (kind, int(c), _DTYPES[dt], contig == ["1"])
     except (ValueError, KeyError):
         pass
-    raise ValueError(f"not a kernel launch key: {text!r} (e.g. 'gemm:64:128:float16:0:1', 'dw:64:0')")
+    raise ValueError(f"not a kernel launch key: {text!r} (e.g. 'gemm:64:128:float16:0:1:0', 'dw:64:0')")
 
 
 def load_config_overrides(path) -> int:
@@ -518,13 +533,15 @@ if os.environ.get("TILEDIFF_KERNEL_CONFIGS"):
     load_config_overrides(os.environ["TILEDIFF_KERNEL_CONFIGS"])
 
 
-# The NCHW and 16-bit GEMM choices come from a sweep on an H200 (benchmarks/gpu_bench.py --sweep,
-# fp16, 16x64x128x128 and the network's deepest blocks 1x512x63x94; results in
-# benchmarks/results/h200_2026-11-27_run2/): per launch, BLOCK_N=64 / 4 warps / 2 stages for the
-# GEMMs (0.125 -> 0.074 ms for conv1+LN at c=64, 0.120 -> 0.067 for conv4+LN+gate), 2 channels x
-# 1024 pixels for the depthwise conv, 64 x 64 for the LayerNorm.  fp32 GEMMs and the channels-last
-# depthwise conv and LayerNorm keep the older heuristics (not swept; the 16-bit GEMM choice applies to
-# both layouts, its operands are read through strides either way).
+# Where the defaults come from: sweeps on an H200 (benchmarks/gpu_bench.py --sweep, fp16, the
+# criterion block 16x64x128x128 and the network's deep blocks 1x512x63x94, NCHW).
+# - 2026-11-27 run 2: 16-bit GEMMs BLOCK_N=64 / 4 warps / 2 stages (0.125 -> 0.074 ms for conv1+LN
+#   at c=64, 0.120 -> 0.067 for conv4+LN+gate); LayerNorm 64 x 64.
+# - 2026-11-27 run 4 (benchmarks/results/h200_2026-11-27_run4/): the depthwise conv on NCHW as 2-D
+#   pixel tiles, 1 channel x 4 x 128 pixels on wide maps (0.181 -> 0.138 ms at c=64, W=128) and
+#   4 x 8 x 32 on narrow ones (0.051 -> 0.043 ms at c=512, W=94); the 16-bit GEMM with the LayerNorm
+#   in its prologue (c < 128) on NCHW: BLOCK_N=32, 2 warps (0.084 -> 0.071 ms at c=64).
+# Channels-last and fp32 keep the older heuristics (not swept).
 
 def _ln_cfg(C, channel_contig):
     if INTERPRET:
@@ -535,13 +552,15 @@ def _ln_cfg(C, channel_contig):
     return dict(BLOCK_C=min(_np2(C), 64), BLOCK_P=64, num_warps=4)
 
 
-def _dw_cfg(C, channel_contig):
+def _dw_cfg(C, channel_contig, W=128):
     if INTERPRET:
         return dict(BLOCK_C=min(_np2(C), 32), BLOCK_P=128, num_warps=4)
     if channel_contig:
         bc = min(_np2(C), 64)
         return dict(BLOCK_C=bc, BLOCK_P=max(2048 // bc, 16), num_warps=4)
-    return dict(BLOCK_C=2, BLOCK_P=1024, num_warps=4)
+    if W >= 128:
+        return dict(BLOCK_C=1, TILE_H=4, TILE_W=128, num_warps=4)
+    return dict(BLOCK_C=4, TILE_H=8, TILE_W=32, num_warps=4)
 
 
 # Widths up to which the block's second half runs as the one ffn_fused kernel (all channels of a
@@ -549,7 +568,9 @@ def _dw_cfg(C, channel_contig):
 FFN_FUSED_MAX_C = 64
 
 
-def _ffn_cfg(C, dtype):
+def _ffn_cfg(C, dtype, channel_contig=False):
+    # BLOCK_N 64 / 4 warps (fp16) was right in both layouts on the H200 (run 6 probe); so was
+    # 32 / 4 warps for fp32 on channels-last.  Do not shrink it without checking both layouts.
     if INTERPRET:
         return dict(BLOCK_N=32, num_warps=4)
     return dict(BLOCK_N=64 if dtype != torch.float32 else 32, num_warps=4, num_stages=1)
@@ -561,7 +582,7 @@ def _sca_cfg(C):
     return dict(BLOCK_M=min(_np2(C), 16), BLOCK_K=min(_np2(C), 256), num_warps=4)
 
 
-def _gemm_cfg(Cin, Cout, dtype, gate):
+def _gemm_cfg(Cin, Cout, dtype, gate, ln=False, channel_contig=False):
     if INTERPRET:
         # exercise the K loop and the M/N tiling even at test sizes, with few programs
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=1)
@@ -569,6 +590,8 @@ def _gemm_cfg(Cin, Cout, dtype, gate):
     bm = min(max(_np2(Cout), 16), bm_cap)
     bk = min(max(_np2(Cin), 16), 32 if dtype == torch.float32 else 64)
     if dtype != torch.float32:
+        if ln and not gate and not channel_contig:
+            return dict(BLOCK_M=bm, BLOCK_N=32, BLOCK_K=bk, num_warps=2, num_stages=2)
         return dict(BLOCK_M=bm, BLOCK_N=64, BLOCK_K=bk, num_warps=4, num_stages=2)
     bn = 128
     warps = 8 if bm * bn * (2 if gate else 1) >= 128 * 128 else 4
@@ -626,7 +649,7 @@ def dwconv_gate_pool(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
         raise ValueError("pool must be a contiguous (B, c) float32 tensor")
     sub, suc, sup = bcp_strides(u)
     sob, soc, sop = bcp_strides(out)
-    cfg = launch_config(("dw", C, suc == 1), _dw_cfg(C, suc == 1))
+    cfg = launch_config(("dw", C, suc == 1), _dw_cfg(C, suc == 1, W))
     if "TILE_W" in cfg:   # 2-D pixel tiles (see _dwconv_tile_gate_pool_kernel)
         grid = (_cdiv(H, cfg["TILE_H"]) * _cdiv(W, cfg["TILE_W"]), _cdiv(C, cfg["BLOCK_C"]), B)
         _dwconv_tile_gate_pool_kernel[grid](u, ww, bb, out, pool if has_pool else u, C, H, W,
@@ -671,7 +694,8 @@ def ffn_fused(x1: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w3, b3, beta, 
     sab, sac, sap = bcp_strides(x1)
     sxb, sxc, sxp = bcp_strides(x)
     sob, soc, sop = bcp_strides(out)
-    cfg = launch_config(("ffn", C, dt), _ffn_cfg(C, dt))
+    contig = sxc == 1
+    cfg = launch_config(("ffn", C, dt, contig), _ffn_cfg(C, dt, contig))
     grid = (_cdiv(H * W, cfg["BLOCK_N"]), B)
     _ffn_fused_kernel[grid](x1, x, out, s, as_matrix(w3, C, x, C), per_channel(b3, C, x), per_channel(beta, C, x),
                             per_channel(g2, C, x), sc, sh, as_matrix(w4, 2 * C, x, C), per_channel(b4, 2 * C, x),
@@ -753,7 +777,9 @@ def conv1x1_fused(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
     cf = per_channel(coef, Cout, x) if coef is not None else dummy
     sxb, sxc, sxp = bcp_strides(x)
     sob, soc, sop = bcp_strides(out)
-    cfg = launch_config(("gemm", Cin, Cout, dt, bool(gate), has_ln), _gemm_cfg(Cin, Cout, dt, gate))
+    contig = sxc == 1
+    cfg = launch_config(("gemm", Cin, Cout, dt, bool(gate), has_ln, contig),
+                        _gemm_cfg(Cin, Cout, dt, bool(gate), has_ln, contig))
     P = H * W
     grid = (_cdiv(Cout, cfg["BLOCK_M"]) * _cdiv(P, cfg["BLOCK_N"]) * B,)
     _conv1x1_kernel[grid](x, w2, bb, out, g, sc, sh, s, cs, csh, res, cf,

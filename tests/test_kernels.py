@@ -185,10 +185,13 @@ def test_dwconv_gate_pool_2d_tiles(tiles, dtype, shape, layout, monkeypatch):
 
 
 def test_config_override_text_round_trip(tmp_path):
-    keys = [("gemm", 64, 128, torch.float16, False, True), ("dw", 512, False), ("ln", 256, True), ("sca", 64),
-            ("ffn", 64, torch.float16)]
+    keys = [("gemm", 64, 128, torch.float16, False, True, False), ("gemm", 64, 64, torch.float32, True, False, True),
+            ("dw", 512, False), ("ln", 256, True), ("sca", 64), ("ffn", 64, torch.float16, True)]
     for key in keys:
         assert tk.override_key_from_text(tk.override_key_to_text(key)) == key
+    # keys written before the layout was part of them were swept on NCHW tensors
+    assert tk.override_key_from_text("gemm:64:128:float16:0:1") == ("gemm", 64, 128, torch.float16, False, True, False)
+    assert tk.override_key_from_text("ffn:64:float16") == ("ffn", 64, torch.float16, False)
     with pytest.raises(ValueError, match="kernel launch key"):
         tk.override_key_from_text("gemm:64:x")
 
@@ -440,3 +443,28 @@ def test_gpu_bench_sweep_candidates(c, monkeypatch):
                 assert torch.isfinite(got).all(), (name, cfg)
                 check(got, ref, torch.float32, f"{name} {cfg}")
             tk.CONFIG_OVERRIDES.pop(key)
+
+
+@pytest.mark.skipif(ON_CUDA, reason="on a GPU the defaults are what every other test runs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("shape", [(2, 64, 5, 130), (1, 48, 9, 13)], ids=["wide", "narrow"])
+def test_gpu_default_configs_under_interpreter(shape, layout, dtype, monkeypatch):
+    """The launch configurations the heuristics choose on a GPU (not the interpreter's small ones:
+    2-D depthwise tiles on NCHW, the LayerNorm GEMM's BLOCK_N 32, ffn_fused's tile) run the whole
+    block right — forced here as overrides so CI checks them without a GPU."""
+    B, c, H, W = shape
+    contig = layout == "cl"
+    monkeypatch.setattr(tk, "INTERPRET", False)
+    cfgs = {("gemm", c, 2 * c, dtype, False, True, contig): tk._gemm_cfg(c, 2 * c, dtype, False, True, contig),
+            ("dw", c, contig): tk._dw_cfg(c, contig, W),
+            ("sca", c): tk._sca_cfg(c),
+            ("ffn", c, dtype, contig): tk._ffn_cfg(c, dtype, contig)}
+    monkeypatch.setattr(tk, "INTERPRET", True)
+    assert ("TILE_W" in cfgs[("dw", c, contig)]) == (not contig)
+    monkeypatch.setattr(tk, "CONFIG_OVERRIDES", cfgs)
+    monkeypatch.setattr(nb, "POISON_INTERMEDIATES", True)
+    x, p, mods, cam = block_inputs(shape, dtype, layout, seed=13)
+    with torch.no_grad():
+        out = nb.fused_nafblock_forward(x, p, mods, cam)
+    check(out, nb.reference_nafblock_forward(x, p, mods, cam), dtype, f"GPU defaults {cfgs}")
