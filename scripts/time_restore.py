@@ -1,8 +1,8 @@
 """Time a 100-step restoration of a 640×480 image with a model file (default: the shipped dehaze model).
 
-    python scripts/time_restore.py [MODEL] [--threads N] [--sampler S] [--samples K] [--repeat 3]
+    python scripts/time_restore.py [MODEL] [--threads N] [--sampler S] [--samples K] [--no-ensemble] [--repeat 3]
 
-Prints the median of --repeat runs; --sampler and --samples default to the model file's choices.
+Prints the median of --repeat runs; --sampler, --samples and the ensemble default to the model file's choices.
 """
 import argparse
 import time
@@ -19,6 +19,7 @@ ap.add_argument("--sampler", help="default: the model file's default_sampler, el
 ap.add_argument("--steps", type=int, default=100)
 ap.add_argument("--samples", type=int)
 ap.add_argument("--repeat", type=int, default=3)
+ap.add_argument("--no-ensemble", action="store_true", help="one orientation even if the model file asks for four")
 args = ap.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -27,10 +28,12 @@ img = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
 r.restore(img[:64, :64], steps=2)  # warm-up
 samples = args.samples or r.default_samples
 sampler = args.sampler or r.default_sampler
+ensemble = r.default_ensemble and not args.no_ensemble
 times = []
 for _ in range(args.repeat):
     t0 = time.time()
-    r.restore(img, steps=args.steps, sampler=sampler, samples=samples)
+    r.restore(img, steps=args.steps, sampler=sampler, samples=samples, ensemble=ensemble)
     times.append(time.time() - t0)
-print(f"640x480, {args.steps} {sampler} steps x {samples} samples, {torch.get_num_threads()} threads: "
+print(f"640x480, {args.steps} {sampler} steps x {samples} samples{' in four orientations' if ensemble else ''}, "
+      f"{torch.get_num_threads()} threads: "
       f"median {np.median(times):.1f} s of {args.repeat} ({', '.join(f'{t:.1f}' for t in times)})")

@@ -47,9 +47,10 @@ if has finetune; then
 fi
 
 # Sampling defaults stored in the file (used when --sampler / --samples are not given): the
-# probability-flow ODE, and the mean of 4 runs' final latents (chosen in session 4, see weights/dehaze.md).
+# probability-flow ODE, and the mean of 4 runs' final latents (chosen in session 4), the runs in four
+# orientations of the latent (session 6; see weights/dehaze.md).
 has eval && python -c 'import sys; from tilediff.train import update_metadata
-update_metadata(sys.argv[1], default_sampler="ode", default_samples=4)' "$STATE/dehaze.safetensors"
+update_metadata(sys.argv[1], default_sampler="ode", default_samples=4, default_ensemble=True)' "$STATE/dehaze.safetensors"
 
 # Evaluation on photos never seen in training (4 held-out scikit-image photos + matplotlib's grace_hopper),
 # three haze densities × seeds 0-2; --store writes the means into the model file.

@@ -227,7 +227,8 @@ def test_every_option_reaches_the_restorer_and_the_writer(dehaze_model, tmp_path
     Image.fromarray(noise_image(16, 16, seed=1)).save(tmp_path / "b.jpg")
     tifffile.imwrite(tmp_path / "c.tif", noise_image(16, 16, 3, seed=2), metadata=None)
     result = restore(tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.tif", "--task", "dehaze", "--weights",
-                     dehaze_model, "--steps", "3", "--sampler", "ode", "--seed", "7", "--mode", "tiled", "--tile",
+                     dehaze_model, "--steps", "3", "--sampler", "ode", "--seed", "7", "--samples", "2", "--ensemble",
+                     "--mode", "tiled", "--tile",
                      "16", "--overlap", "4", "--memory-budget", "1.5GB", "--device", "cpu", "--precision", "bf16",
                      "--jpeg-quality", "40", "--compression", "9", "-q")
     assert result.exit_code == 0, result.output
@@ -235,8 +236,10 @@ def test_every_option_reaches_the_restorer_and_the_writer(dehaze_model, tmp_path
     assert len(identity_restore) == 3
     restorer, _, options = identity_restore[0]
     assert restorer.precision == "bf16" and restorer.device.type == "cpu"
-    assert {k: options[k] for k in ("steps", "sampler", "seed", "mode", "tile", "overlap", "memory_budget")} == \
-        dict(steps=3, sampler="ode", seed=7, mode="tiled", tile=16, overlap=4, memory_budget=int(1.5 * 2**30))
+    assert {k: options[k] for k in ("steps", "sampler", "seed", "samples", "ensemble", "mode", "tile", "overlap",
+                                    "memory_budget")} == \
+        dict(steps=3, sampler="ode", seed=7, samples=2, ensemble=True, mode="tiled", tile=16, overlap=4,
+             memory_budget=int(1.5 * 2**30))
     assert options["progress"] is None
     assert writes == [dict(jpeg_quality=40, compression=9), dict(jpeg_quality=40), dict(jpeg_quality=40)]
     # names: NAME_TASK.EXT beside the input

@@ -234,3 +234,40 @@ def test_several_samples_average_the_final_latents_of_independent_runs(golden_di
     assert sample_events[-1] == ("sample", 6, 6)   # both runs' steps in one progress total
     with pytest.raises(ValueError, match="samples must be at least 1"):
         r.restore(image, steps=3, mode="whole", samples=0)
+
+
+def test_ensemble_runs_the_samples_in_four_orientations(golden_dir, tmp_path):
+    """With ensemble, run k sees μ flipped / transposed (engine.ORIENTATIONS[k mod 4]), draws noise
+    stream k on that canvas, and its final latent is turned back before the average (non-square
+    latent, so a missing or wrong inverse fails)."""
+    from tilediff import sde
+    from tilediff.noise import START_STEP
+    path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
+                   output=tmp_path / "m.safetensors")
+    r = Restorer("dehaze", weights=path)
+    image = np.random.default_rng(4).random((40, 56, 3)).astype(np.float32)
+    plain = r.restore(image, steps=3, sampler="ode", seed=2, mode="whole", samples=4)
+    assert np.array_equal(r.restore(image, steps=3, sampler="ode", seed=2, mode="whole", samples=1, ensemble=True),
+                          r.restore(image, steps=3, sampler="ode", seed=2, mode="whole", samples=1))
+    ens = r.restore(image, steps=3, sampler="ode", seed=2, mode="whole", samples=4, ensemble=True)
+    model = r.model
+    x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+    flips = [lambda t: t, lambda t: t.flip(-1), lambda t: t.transpose(-1, -2),
+             lambda t: t.flip(-1).transpose(-1, -2)]
+    unflips = [lambda t: t, lambda t: t.flip(-1), lambda t: t.transpose(-1, -2),
+               lambda t: t.transpose(-1, -2).flip(-1)]
+    with torch.no_grad():
+        mu, hidden = model.compressor.encode(x)
+        assert mu.shape[-2] != mu.shape[-1]
+        sch = engine.schedule_for(model, 3)
+        finals = []
+        for k in range(4):
+            mu_k = flips[k](mu).contiguous()
+            noise = PositionalNoise(2, stream=k)
+            fn = engine.whole_noise_fn(model.noise, mu_k, torch.device("cpu"), torch.float32)
+            start = sde.start_state(sch, mu_k, noise(START_STEP, mu_k))
+            finals.append(unflips[k](sde.sample(fn, start, mu_k, sch, "ode", noise)))
+        expected = model.compressor.decode(sum(finals) / 4, hidden).clamp(0, 1)[0].permute(1, 2, 0)
+    np.testing.assert_allclose(ens, expected.numpy(), atol=1e-5)
+    assert np.abs(ens - plain).max() > 1e-3
+    assert engine.ORIENTATIONS[3][2](engine.ORIENTATIONS[3][1](mu)).equal(mu)   # inverse ∘ forward = id

@@ -190,6 +190,9 @@ def _summary_line(entry, device):
 @click.option("--samples", type=click.IntRange(min=1),
               help="Average the final latents of N reverse runs (posterior mean; N × the sampling time). "
                    "Default: the model file's choice, else 1.")
+@click.option("--ensemble/--no-ensemble", default=None,
+              help="Run the --samples runs in turn on the latent as it is, flipped, transposed and both, and "
+                   "average them. Default: the model file's choice, else off.")
 @click.option("--mode", type=click.Choice(["auto", "whole", "tiled"]), default="auto", show_default=True,
               help="whole = the reference algorithm on the whole image; tiled = force tiling.")
 @click.option("--tile", type=click.IntRange(min=8), help="Tile size (latent units for latent tasks).")
@@ -212,7 +215,7 @@ def _summary_line(entry, device):
               help="Replace existing outputs (folders: redo them instead of skipping them).")
 @click.option("--dry-run", is_flag=True, help="Print the plan for each input and exit; nothing is restored or written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary lines; errors only.")
-def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, samples, mode, tile, overlap, device,
+def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, samples, ensemble, mode, tile, overlap, device,
                 precision, memory_budget, cuda_graphs, src_lens, tgt_lens, disparity, jpeg_quality, compression,
                 pattern, recursive, overwrite, dry_run, quiet):
     """Restore images (TIFF, PNG, JPEG) or folders of them.
@@ -247,7 +250,8 @@ def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, sa
             _fail(e)
     compression = _compression_value(compression)
     budget = _parse_bytes(memory_budget) if memory_budget else None
-    options = dict(steps=steps, sampler=sampler, seed=seed, samples=samples, mode=mode, tile=tile, overlap=overlap,
+    options = dict(steps=steps, sampler=sampler, seed=seed, samples=samples, ensemble=ensemble, mode=mode, tile=tile,
+                   overlap=overlap,
                    memory_budget=budget, cuda_graphs=cuda_graphs, src_lens=src_lens, tgt_lens=tgt_lens,
                    disparity=disparity)
     if device != "auto":

@@ -43,7 +43,19 @@ class Options:
     batch: int | None = None          # noise tiles per network call; default from the budget
     cuda_graphs: bool = True          # on CUDA, capture one step's noise-network work and replay it
     samples: int = 1                  # reverse-process runs whose final latents are averaged (see _sample_stage)
+    ensemble: bool = False            # run k sees the latent in orientation k mod 4 (ORIENTATIONS)
     stats: dict = field(default_factory=dict)  # filled with per-stage seconds and the plan
+
+
+# Orientations of the latent canvas for Options.ensemble, as (name, forward, inverse) on (..., H, W)
+# tensors: the identity, a horizontal flip, the transpose and the transpose of the flip.  Vertical
+# flips are left out: a hazy scene is far at the top, and the network has learned it.
+ORIENTATIONS = (
+    ("identity", lambda t: t, lambda t: t),
+    ("hflip", lambda t: t.flip(-1), lambda t: t.flip(-1)),
+    ("transpose", lambda t: t.transpose(-1, -2), lambda t: t.transpose(-1, -2)),
+    ("transpose_hflip", lambda t: t.flip(-1).transpose(-1, -2), lambda t: t.transpose(-1, -2).flip(-1)),
+)
 
 
 @dataclass
@@ -407,10 +419,18 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     With ``options.samples`` = K > 1 the reverse process runs K times from the same μ, run k drawing
     its noise from stream k (run 0 is the single-sample result), and the K final latents are averaged:
     a Monte-Carlo estimate of the posterior mean, which is what minimises the squared error when the
-    samples disagree. K × the sampling time; one decode.
+    samples disagree. K × the sampling time; one decode. With ``options.ensemble`` run k also sees μ
+    in orientation k mod 4 (``ORIENTATIONS``: flipped and/or transposed; its final latent is turned
+    back before the average): the network's errors in different orientations are less alike than
+    those of different start noises, so the mean is closer to the clean latent for the same cost.
     """
     sch = schedule_for(model, options.steps)
     runs = options.samples
+    orientations = ORIENTATIONS if options.ensemble else ORIENTATIONS[:1]
+    # turned canvases keep μ's memory layout (channels-last from the tiled compressor: the CPU's
+    # convolutions are faster in it)
+    layout = (torch.channels_last if mu.dim() == 4 and not mu.is_contiguous()
+              and mu.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
     step_index = [0]
     on_gpu = device.type == "cuda"
     if on_gpu:
@@ -418,21 +438,27 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     use_graphs = options.cuda_graphs and graphs_available(device)
     graph_info = options.stats["cuda_graph"] = {"used": use_graphs, "captures": 0, "replays": 0}
 
-    def make_noise_fn():
+    def tile_calls(mu_run):
+        return -(-len(grid(mu_run.shape[-2], mu_run.shape[-1], plan.noise_tile, plan.noise_overlap))
+                 // plan.noise_batch)
+
+    def make_noise_fn(mu_run):
         if plan.noise_mode == "whole":
-            fn = whole_noise_fn(model.noise, mu, device, dtype, lens)
+            fn = whole_noise_fn(model.noise, mu_run, device, dtype, lens)
         else:
-            calls = -(-plan.noise_tiles // plan.noise_batch)
-            fn = tiled_noise_fn(model.noise, mu, device, dtype, plan.noise_tile, plan.noise_overlap,
+            calls = tile_calls(mu_run)
+            fn = tiled_noise_fn(model.noise, mu_run, device, dtype, plan.noise_tile, plan.noise_overlap,
                                 plan.noise_batch, lens,
                                 report=lambda g, n: report("sample", step_index[0] * calls + g,
                                                           sch.T * runs * calls))
         if use_graphs:
             graph_info["captures"] += 1
-            return GraphedNoise(fn, device)
+            graphs.append(GraphedNoise(fn, device))
+            return graphs[-1]
         return fn
 
-    current = [make_noise_fn()]
+    graphs = []              # every captured step (one per orientation with options.ensemble)
+    current = [None, None]   # the noise function and the μ (orientation) it was made for
 
     def noise_fn(x_t, t):
         while True:
@@ -444,32 +470,39 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
                 current[0] = None
                 torch.cuda.empty_cache()
                 _halve_noise_tiles(plan)
-                current[0] = make_noise_fn()
+                current[0] = make_noise_fn(current[1])
 
     def callback(i, t):
         step_index[0] = i + 1
         if isinstance(current[0], GraphedNoise):
-            graph_info["replays"] = current[0].replays
+            graph_info["replays"] = sum(g.replays for g in graphs)
             graph_info["used"] = not current[0].failed   # capture failed: eager from then on
         if plan.noise_mode == "whole":
             report("sample", i + 1, sch.T * runs)
         elif use_graphs:   # a replayed step does not call back per tile batch
-            calls = -(-plan.noise_tiles // plan.noise_batch)
+            calls = tile_calls(current[1])
             report("sample", (i + 1) * calls, sch.T * runs * calls)
 
     total = None
     for run in range(runs):
+        name, forward, inverse = orientations[run % len(orientations)]
+        mu_run = mu if name == "identity" else forward(mu).contiguous(memory_format=layout)
+        if current[1] is not mu_run and (current[1] is None or current[1].shape != mu_run.shape
+                                         or not torch.equal(current[1], mu_run)):
+            current[0], current[1] = None, mu_run
+            current[0] = make_noise_fn(mu_run)
         noise = PositionalNoise(options.seed, stream=run)
         if on_gpu and sde.NEEDS_NOISE[options.sampler]:
             noise = PrefetchingNoise(noise, device)   # draws step t−1 on the host while the GPU runs step t
         try:
-            state = sde.start_state(sch, mu, noise(START_STEP, mu))
-            state = sde.sample(noise_fn, state, mu, sch, options.sampler, noise,
+            state = sde.start_state(sch, mu_run, noise(START_STEP, mu_run))
+            state = sde.sample(noise_fn, state, mu_run, sch, options.sampler, noise,
                                callback=lambda i, t, run=run: callback(run * sch.T + i, t))
         finally:
             if isinstance(noise, PrefetchingNoise):
                 noise.close()
-        total = state if total is None else total.add_(state)
+        state = inverse(state)
+        total = state.clone() if total is None else total.add_(state)
     return (total / runs if runs > 1 else total).cpu()
 
 

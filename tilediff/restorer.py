@@ -81,9 +81,15 @@ class Restorer:
         """The model file's ``default_samples`` (reverse runs averaged); 1 when it names none."""
         return int(self.model.metadata.get("default_samples", 1))
 
+    @property
+    def default_ensemble(self):
+        """The model file's ``default_ensemble`` (runs in four orientations); False when it names none."""
+        from .weights import metadata_flag
+        return metadata_flag(self.model.metadata, "default_ensemble")
+
     def restore(self, image, *, steps=None, sampler=None, seed=0, tile=None, overlap=None, mode="auto",
                 memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
-                compressor_tile=None, batch=None, cuda_graphs=True, samples=None):
+                compressor_tile=None, batch=None, cuda_graphs=True, samples=None, ensemble=None):
         """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
 
         For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
@@ -91,13 +97,17 @@ class Restorer:
         ``stats`` (a dict) receives the plan and the seconds per stage. ``sampler`` None takes the
         model file's ``default_sampler`` (the reference's 'sde' when it names none). ``samples`` K > 1
         averages the final latents of K reverse runs (an estimate of the posterior mean; K × the
-        sampling time); None takes the model file's ``default_samples`` (1 when it names none). On CUDA
+        sampling time); None takes the model file's ``default_samples`` (1 when it names none).
+        ``ensemble`` True runs those K runs in turn on the latent as it is, flipped left-right,
+        transposed and both (engine.ORIENTATIONS); None takes the model file's ``default_ensemble``. On CUDA
         one sampler step is captured as a CUDA graph and replayed (``cuda_graphs=False`` runs it eagerly).
         """
         if sampler is None:
             sampler = self.default_sampler
         if samples is None:
             samples = self.default_samples
+        if ensemble is None:
+            ensemble = self.default_ensemble
         if isinstance(image, (str, Path)):
             from .io import read_image
             image = read_image(image).rgb
@@ -119,7 +129,7 @@ class Restorer:
         options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
                                  memory_budget=memory_budget, precision=self.precision, progress=progress,
                                  compressor_tile=compressor_tile, batch=batch, cuda_graphs=cuda_graphs,
-                                 samples=samples,
+                                 samples=samples, ensemble=bool(ensemble),
                                  stats=stats if stats is not None else {})
         out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens)
         out = out[0].permute(1, 2, 0).numpy()

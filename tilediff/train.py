@@ -755,11 +755,11 @@ def haze_for_eval(clean, name, seed=0, density="moderate"):
 
 
 def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler=None, save_dir=None,
-             baseline=True, threads=None, restorer=None, samples=None):
+             baseline=True, threads=None, restorer=None, samples=None, ensemble=None):
     """Haze clean images deterministically, restore them, and score hazy / DCP / model against clean.
 
-    ``images`` is a folder, a list of folders or a list of (name, HxWx3 float array). ``sampler`` and
-    ``samples`` None take the model file's defaults. Returns a dict with ``per_image`` (name, size,
+    ``images`` is a folder, a list of folders or a list of (name, HxWx3 float array). ``sampler``,
+    ``samples`` and ``ensemble`` None take the model file's defaults. Returns a dict with ``per_image`` (name, size,
     mean transmission, psnr/ssim of hazy, dcp and output, seconds) and ``mean``.
     """
     from .baselines import dark_channel_prior
@@ -773,7 +773,7 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
     for name, clean in images:
         hazy, info = haze_for_eval(clean, name, seed, density)
         t0 = time.time()
-        out = restorer.restore(hazy, steps=steps, sampler=sampler, seed=seed, samples=samples)
+        out = restorer.restore(hazy, steps=steps, sampler=sampler, seed=seed, samples=samples, ensemble=ensemble)
         seconds = time.time() - t0
         row = {"name": name, "size": f"{clean.shape[1]}x{clean.shape[0]}",
                "mean_transmission": round(info["mean_transmission"], 3),
@@ -798,6 +798,7 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
             "sampler": sampler or restorer.default_sampler,
             "steps": steps if steps is not None else restorer.model.sde.get("T"),
             "samples": samples or restorer.default_samples,
+            "ensemble": restorer.default_ensemble if ensemble is None else bool(ensemble),
             "per_image": rows, "mean": mean}
 
 
@@ -852,6 +853,8 @@ def _table_head(first_columns, has_dcp, result):
     method = f"{result['sampler']}, {result['steps']} steps"
     if result.get("samples", 1) > 1:
         method += f", mean of {result['samples']} samples"
+        if result.get("ensemble"):
+            method += " in four orientations"
     head = first_columns + " hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
         f" model ({method}) PSNR / SSIM |"
     return [head, "|" + "---|" * (head.count("|") - 1)]

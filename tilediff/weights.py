@@ -198,6 +198,12 @@ def save_model(path, noise_state, noise_variant, noise_config, compressor_state=
     return path
 
 
+def metadata_flag(meta, key) -> bool:
+    """A yes/no field of a model file's metadata (stored as the JSON text 'true' / 'false')."""
+    value = meta.get(key, False)
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
 def read_metadata(path):
     """The metadata of a model file, JSON fields decoded."""
     path = Path(path)
@@ -270,6 +276,9 @@ def describe(path):
     if int(meta.get("default_samples", 1)) > 1:
         lines.append(f"  samples:     {meta['default_samples']} reverse runs averaged "
                      "(used when --samples is not given)")
+    if metadata_flag(meta, "default_ensemble"):
+        lines.append("  ensemble:    the runs see the latent in four orientations (used when --ensemble / "
+                     "--no-ensemble is not given)")
     if meta.get("noise_tile"):
         lines.append(f"  noise tile:  {meta['noise_tile']} latent units, overlap {meta.get('noise_overlap', 'default')} "
                      "(the training crop; --mode auto evaluates the noise network on such tiles)")
