@@ -453,12 +453,11 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
                                                           sch.T * runs * calls))
         if use_graphs:
             graph_info["captures"] += 1
-            graphs.append(GraphedNoise(fn, device))
-            return graphs[-1]
+            return GraphedNoise(fn, device)
         return fn
 
-    graphs = []              # every captured step (one per orientation with options.ensemble)
     current = [None, None]   # the noise function and the μ (orientation) it was made for
+    earlier_replays = [0]    # replays of graphs dropped when the orientation changed
 
     def noise_fn(x_t, t):
         while True:
@@ -475,7 +474,7 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     def callback(i, t):
         step_index[0] = i + 1
         if isinstance(current[0], GraphedNoise):
-            graph_info["replays"] = sum(g.replays for g in graphs)
+            graph_info["replays"] = earlier_replays[0] + current[0].replays
             graph_info["used"] = not current[0].failed   # capture failed: eager from then on
         if plan.noise_mode == "whole":
             report("sample", i + 1, sch.T * runs)
@@ -489,7 +488,9 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
         mu_run = mu if name == "identity" else forward(mu).contiguous(memory_format=layout)
         if current[1] is not mu_run and (current[1] is None or current[1].shape != mu_run.shape
                                          or not torch.equal(current[1], mu_run)):
-            current[0], current[1] = None, mu_run
+            if isinstance(current[0], GraphedNoise):
+                earlier_replays[0] += current[0].replays
+            current[0], current[1] = None, mu_run   # the old graph's memory goes before the next capture
             current[0] = make_noise_fn(mu_run)
         noise = PositionalNoise(options.seed, stream=run)
         if on_gpu and sde.NEEDS_NOISE[options.sampler]:
