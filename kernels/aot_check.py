@@ -2,8 +2,8 @@
 
     python -m tilediff.kernels.aot_check [--arch 90] [--channels 64 128 256 512] [--verbose]
 
-Runs ``fused_nafblock_forward`` (both LayerNorm modes, with and without cam, NCHW and
-channels-last, fp16/bf16/fp32) on ``meta`` tensors with the kernel launches intercepted, then
+Runs ``fused_nafblock_forward`` (both LayerNorm modes — the first with ``ffn_fused`` up to 64
+channels —, with and without cam, NCHW and channels-last, fp16/bf16/fp32) on ``meta`` tensors with the kernel launches intercepted, then
 compiles each distinct launch with ``triton.compile`` for ``cuda:<arch>``, emulating the JIT's
 argument specialisation (ints equal to 1 become constants, multiples of 16 and all pointers get
 divisibility 16).  Catches compile errors of the CUDA path on a machine with no GPU and reports
@@ -74,7 +74,7 @@ def main(argv=None):
             return launch
 
     for name in ("_ln_modulate_kernel", "_dwconv_gate_pool_kernel", "_dwconv_tile_gate_pool_kernel",
-                 "_conv1x1_kernel", "_sca_kernel"):
+                 "_conv1x1_kernel", "_ffn_fused_kernel", "_sca_kernel"):
         setattr(tk, name, Recorder(getattr(tk, name)))
 
     dev = "meta"
@@ -96,7 +96,7 @@ def main(argv=None):
                     with torch.no_grad():
                         nb.fused_nafblock_forward(x, p, mods, None)
                         nb.fused_nafblock_forward(x, p, mods, cam)
-                # the 2-D-tile depthwise variant, chosen only through a launch configuration
+                # another depthwise configuration (2-D tiles on channels-last too)
                 tk.CONFIG_OVERRIDES[("dw", c, cl)] = dict(BLOCK_C=2, TILE_H=8, TILE_W=64, num_warps=4)
                 with torch.no_grad():
                     nb.fused_nafblock_forward(x, p, mods, None)
