@@ -87,6 +87,15 @@ def _chunk_stats(x_base, offs_p, mask_p, C, s_c, s_p, eps,
 
 
 @triton.jit
+def _tile_centered(v, mask_rows, C, eps):
+    """For a (channels x pixels) fp32 tile holding all C channels (rows >= C are 0): each value
+    minus its pixel's channel mean (0 in the masked rows), and each pixel's 1/sqrt(var + eps)."""
+    mean = tl.sum(v, axis=0) / C
+    d = tl.where(mask_rows[:, None], v - mean[None, :], 0.0)
+    return d, 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+
+
+@triton.jit
 def _ln_modulate_kernel(x_ptr, out_ptr, g_ptr, scale_ptr, shift_ptr,
                         C, P, sx_b, sx_c, sx_p, so_b, so_c, so_p,
                         ssc_b, ssc_c, ssh_b, ssh_c, eps,
@@ -249,10 +258,7 @@ def _conv1x1_kernel(x_ptr, w_ptr, bias_ptr, out_ptr,
         if LN:
             gk = tl.load(ln_g_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
             if ONE_K:   # statistics of this tile (it holds every channel; masked rows load 0)
-                xs = xt.to(tl.float32)
-                mean = tl.sum(xs, axis=0) / Cin
-                d = tl.where(mask_k[:, None], xs - mean[None, :], 0.0)
-                rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / Cin + eps)
+                d, rstd = _tile_centered(xt.to(tl.float32), mask_k, Cin, eps)
                 xf = d * rstd[None, :] * gk[:, None]
             else:
                 xf = (xt.to(tl.float32) - mean[None, :]) * rstd[None, :] * gk[:, None]
@@ -323,9 +329,7 @@ def _ffn_fused_kernel(x1_ptr, x_ptr, out_ptr, s_ptr, w3_ptr, b3_ptr, beta_ptr,
     beta = tl.load(beta_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
     y = (xr.to(tl.float32) + acc * beta[:, None]).to(dt).to(tl.float32)     # rows >= C are 0
     # LayerNorm 2 (fp32 statistics over the C channels of each pixel) + modulation
-    mean = tl.sum(y, axis=0) / C
-    d = tl.where(mask_c[:, None], y - mean[None, :], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+    d, rstd = _tile_centered(y, mask_c, C, eps)
     g2 = tl.load(g2_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
     sc = tl.load(msc_ptr + b * sms_b + offs_c * sms_c, mask=mask_c, other=0.0).to(tl.float32)
     sh = tl.load(msh_ptr + b * smh_b + offs_c * smh_c, mask=mask_c, other=0.0).to(tl.float32)
@@ -432,6 +436,15 @@ def bc_vec(t: Optional[torch.Tensor], B: int, C: int, like: torch.Tensor):
     if t.shape[1] != C or t.shape[0] not in (1, B):
         raise ValueError(f"channel vector of shape {tuple(t.shape)} does not fit (B={B}, C={C})")
     return t, (t.stride(0) if t.shape[0] != 1 else 0), t.stride(1)
+
+
+def scale_shift_vecs(scale: Optional[torch.Tensor], shift: Optional[torch.Tensor], B: int, C: int,
+                     like: torch.Tensor):
+    """A modulation pair as two ``bc_vec`` triples; a missing one is a (1, C) zero vector (so the
+    kernel computes x * (1 + scale) + shift with it left out)."""
+    zeros = torch.zeros((1, C), device=like.device) if scale is None or shift is None else None
+    return (bc_vec(scale if scale is not None else zeros, B, C, like),
+            bc_vec(shift if shift is not None else zeros, B, C, like))
 
 
 def per_channel(t: Optional[torch.Tensor], C: int, like: torch.Tensor, dtype=None):
@@ -611,9 +624,8 @@ def ln_modulate(x: torch.Tensor, g: torch.Tensor, scale: Optional[torch.Tensor] 
         out = empty_like_layout(x, C)
     _check_out(out, x.shape, x)
     has_mod = scale is not None or shift is not None
-    zeros = torch.zeros((1, C), device=x.device) if has_mod and (scale is None or shift is None) else None
-    sc, ssc_b, ssc_c = bc_vec(scale if scale is not None else zeros, B, C, x)
-    sh, ssh_b, ssh_c = bc_vec(shift if shift is not None else zeros, B, C, x)
+    (sc, ssc_b, ssc_c), (sh, ssh_b, ssh_c) = (scale_shift_vecs(scale, shift, B, C, x) if has_mod
+                                              else ((x, 0, 0), (x, 0, 0)))
     gg = per_channel(g, C, x)
     sxb, sxc, sxp = bcp_strides(x)
     sob, soc, sop = bcp_strides(out)
@@ -684,9 +696,7 @@ def ffn_fused(x1: torch.Tensor, x: torch.Tensor, s: torch.Tensor, w3, b3, beta, 
     if out is None:
         out = empty_like_layout(x, C)
     _check_out(out, x.shape, x)
-    zeros = torch.zeros((1, C), device=x.device) if scale is None or shift is None else None
-    sc, sms_b, sms_c = bc_vec(scale if scale is not None else zeros, B, C, x)
-    sh, smh_b, smh_c = bc_vec(shift if shift is not None else zeros, B, C, x)
+    (sc, sms_b, sms_c), (sh, smh_b, smh_c) = scale_shift_vecs(scale, shift, B, C, x)
     cs, scs_b, scs_c = csh, sch_b, sch_c = x, 0, 0
     if cam is not None:
         cs, scs_b, scs_c = bc_vec(cam[0], B, C, x)
@@ -758,9 +768,7 @@ def conv1x1_fused(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *,
         g = per_channel(g_, Cin, x)
         ln_mod = sc_ is not None or sh_ is not None
         if ln_mod:
-            zeros = torch.zeros((1, Cin), device=x.device) if sc_ is None or sh_ is None else None
-            sc, sms_b, sms_c = bc_vec(sc_ if sc_ is not None else zeros, B, Cin, x)
-            sh, smh_b, smh_c = bc_vec(sh_ if sh_ is not None else zeros, B, Cin, x)
+            (sc, sms_b, sms_c), (sh, smh_b, smh_c) = scale_shift_vecs(sc_, sh_, B, Cin, x)
     s, sis_b, sis_c = bc_vec(in_scale, B, Cin, x)
     cs, scs_b, scs_c = csh, sch_b, sch_c = dummy, 0, 0
     if cam is not None:
