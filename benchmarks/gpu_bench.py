@@ -169,6 +169,16 @@ def graph_replay(fn):
     return graph.replay
 
 
+def timed_with_env(timer, fn, name, value):
+    """timer(fn) with the environment variable ``name`` set to ``value`` (removed afterwards): the
+    kernel switches (TILEDIFF_KERNELS_LN, TILEDIFF_KERNELS_FFN) are read at every call."""
+    os.environ[name] = value
+    try:
+        return timer(fn)
+    finally:
+        os.environ.pop(name, None)
+
+
 def rel_err(a, b):
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
@@ -250,20 +260,13 @@ def bench_block(args, dev, timer, deadline, results, peak):
                     row["fused_first_call_s"] = round(time.time() - t0, 2)
                     row["fused_rel_err"] = rel_err(out, ref)
                     del out, ref
-                    row["fused_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
+                    fused = (lambda: nb.fused_nafblock_forward(x, p, mods))
+                    row["fused_ms"] = timer(fused)
                     if nb.fused_ffn(c):   # the same block with conv3..conv5 as three launches
-                        os.environ["TILEDIFF_KERNELS_FFN"] = "0"
-                        try:
-                            row["fused_ffn_off_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
-                        finally:
-                            os.environ.pop("TILEDIFF_KERNELS_FFN", None)
+                        row["fused_ffn_off_ms"] = timed_with_env(timer, fused, "TILEDIFF_KERNELS_FFN", "0")
                     if dname in args.separate_ln_dtypes:
                         for mode in ("fused", "separate"):
-                            os.environ["TILEDIFF_KERNELS_LN"] = mode
-                            try:
-                                row[f"fused_ln_{mode}_ms"] = timer(lambda: nb.fused_nafblock_forward(x, p, mods))
-                            finally:
-                                os.environ.pop("TILEDIFF_KERNELS_LN", None)
+                            row[f"fused_ln_{mode}_ms"] = timed_with_env(timer, fused, "TILEDIFF_KERNELS_LN", mode)
                     if dev.type == "cuda" and not args.no_graph:
                         # device time without the host's launch gaps: both paths replayed from a graph
                         row["eager_graph_ms"] = timer(graph_replay(lambda: nb.reference_nafblock_forward(x, p, mods)))
