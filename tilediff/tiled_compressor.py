@@ -165,8 +165,8 @@ class TiledCompressor:
             x = self._dev(canvas_tensor[:, :, t.y0:t.y1, t.x0:t.x1])
             parts.append(tuple(p.float() if torch.is_tensor(p) else p for p in attn.reduce(prenorm.norm(x))))
             self._report(stage, i + 1, 2 * len(tiles))
-        sums = attn.merge(parts)
-        sums = tuple(self._dev(p) if torch.is_tensor(p) else p for p in sums)
+        sums = attn.merge(parts)   # float32 (see LinearAttention.reduce): a 16-bit Σ overflows on large maps
+        sums = tuple(p.to(self.device) if torch.is_tensor(p) else p for p in sums)
         out = torch.empty_like(canvas_tensor)
         for i, t in enumerate(tiles):
             x = self._dev(canvas_tensor[:, :, t.y0:t.y1, t.x0:t.x1])

@@ -75,11 +75,14 @@ class LinearAttention(nn.Module):
         return [t.reshape(b, self.heads, -1, h * w) for t in (q, k, v)]
 
     def reduce(self, x):
-        """Partial sums over the positions of x: (k_max, Σ e^(k−max), Σ e^(k−max) vᵀ, count)."""
+        """Partial sums over the positions of x: (k_max, Σ e^(k−max), Σ e^(k−max) vᵀ, count), the sums
+        in float32: they grow with the number of positions (Σ e reaches n), past float16's 65504 on
+        maps of 256 × 256 and more."""
         _, k, v = self._split(x)
         k_max = k.amax(dim=-1, keepdim=True)
-        e = torch.exp(k - k_max)
-        return k_max, e.sum(dim=-1, keepdim=True), torch.einsum("bhdn,bhen->bhde", e, v), x.shape[-2] * x.shape[-1]
+        e = torch.exp(k.float() - k_max.float())
+        return (k_max.float(), e.sum(dim=-1, keepdim=True), torch.einsum("bhdn,bhen->bhde", e, v.float()),
+                x.shape[-2] * x.shape[-1])
 
     @staticmethod
     def merge(parts):
@@ -98,9 +101,11 @@ class LinearAttention(nn.Module):
         b, _, h, w = x.shape
         q, _, _ = self._split(x)
         _, denom, kv, count = sums
-        context = kv / denom / count                      # softmax(k) · (v / n) summed over positions
-        q = q.softmax(dim=-2) * self.scale
-        out = torch.einsum("bhde,bhdn->bhen", context, q).reshape(b, -1, h, w)
+        # softmax(k) · (v / n) summed over positions, and its product with q, in float32: the context
+        # is ~1/n (below float16's normal range on large maps); the result goes back to x's dtype
+        context = kv.float() / denom.float() / count
+        q = q.float().softmax(dim=-2) * self.scale
+        out = torch.einsum("bhde,bhdn->bhen", context, q).reshape(b, -1, h, w).to(x.dtype)
         return self.to_out(out)
 
     def forward(self, x):
