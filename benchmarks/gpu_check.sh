@@ -17,6 +17,9 @@
 #    c = 64 and 512 with torch.compile, and the network, into OUT_DIR/with_kept_configs/; step 3 uses them too.
 # 3. python benchmarks/gpu_restore.py OUT_DIR: one full 100-step 6000x4000 restoration (fp16) after
 #    a 2-step warm-up, plus one sampler step taken apart and profiled.
+# 4. python benchmarks/gpu_dehaze_defaults.py OUT_DIR: the shipped dehazing model with its file defaults
+#    (GPU vs CPU on the bundled example, GPU vs numpy dark channel prior / recomposition, 6000x4000
+#    timings) when 90 s are left; GPU_CHECK_DEHAZE_ONLY=1 runs only this step.
 # Results: OUT_DIR/gpu_<device>_<date>.json/.md, OUT_DIR/gpu_restore_<device>_<date>.json,
 # OUT_DIR/gpu_restore_profile.txt, OUT_DIR/kernel_configs.json, OUT_DIR/pytest_kernels.log and
 # OUT_DIR/gpu_check.log (7 files).
@@ -38,11 +41,13 @@ PYTEST_TIMEOUT="${GPU_CHECK_PYTEST_S:-210}"
 QUICK="${GPU_CHECK_QUICK:-0}"
 RESTORE_RESERVE=120
 CONFIRM_RESERVE=110   # step 2b
+DEHAZE_RESERVE=150    # step 4
 BENCH_ARGS=(--sweep --compile-only fp16:64 bf16:64 fp16:512)
 RESTORE_ARGS=()
 if [ "$QUICK" = 1 ]; then
     RESTORE_RESERVE=70
     CONFIRM_RESERVE=0
+    DEHAZE_RESERVE=0
     BENCH_ARGS=(--dtypes fp16 --channels 64 512 --compile-only fp16:64 --breakdown-channels)
     RESTORE_ARGS=(--only-graphs)
 fi
@@ -89,6 +94,25 @@ else
     log "ERROR: cannot import tilediff.kernels"
 fi
 
+# 4. (defined here, run last) the shipped dehazing model with its file defaults on the GPU: the
+#    bundled example against the CPU, the GPU dark channel prior / recomposition against numpy, and
+#    6000x4000 restorations with and without the prior start and the recomposition.
+#    GPU_CHECK_DEHAZE_ONLY=1 runs this step alone.
+DEHAZE_RC=-1
+dehaze_defaults() {
+    log "gpu_dehaze_defaults.py (shipped dehaze model, file defaults, 6000x4000 fp16, limit ${1}s)"
+    timeout -k 10 "$1" "$PY" benchmarks/gpu_dehaze_defaults.py "$OUT_DIR" --size 6000x4000 --precision fp16 2>&1 \
+        | tee -a "$LOG"
+    DEHAZE_RC=${PIPESTATUS[0]}
+    log "gpu_dehaze_defaults.py rc=$DEHAZE_RC; total ${SECONDS}s"
+}
+if [ "${GPU_CHECK_DEHAZE_ONLY:-0}" = 1 ]; then
+    unset TRITON_INTERPRET
+    dehaze_defaults $(( TOTAL_BUDGET - SECONDS ))
+    ls -la "$OUT_DIR" | tee -a "$LOG"
+    exit "$DEHAZE_RC"
+fi
+
 # 1. compiled tests
 unset TRITON_INTERPRET
 PYTEST_RC=-1
@@ -113,7 +137,7 @@ else
 fi
 
 # 2. timings, in what is left of the budget (CONFIRM_RESERVE kept for 2b, RESTORE_RESERVE for 3)
-LEFT=$(( TOTAL_BUDGET - SECONDS - 15 - RESTORE_RESERVE - CONFIRM_RESERVE ))
+LEFT=$(( TOTAL_BUDGET - DEHAZE_RESERVE - SECONDS - 15 - RESTORE_RESERVE - CONFIRM_RESERVE ))
 [ "$LEFT" -lt 60 ] && LEFT=60
 log "gpu_bench.py, budget ${LEFT}s"
 timeout -k 10 $(( LEFT + 45 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR" --budget-s "$LEFT" "${BENCH_ARGS[@]}" \
@@ -127,7 +151,7 @@ if [ "$QUICK" != 1 ]; then
     if [ -s "$OUT_DIR/kernel_configs.json" ]; then
         export TILEDIFF_KERNEL_CONFIGS="$OUT_DIR/kernel_configs.json"
     fi
-    LEFT=$(( TOTAL_BUDGET - SECONDS - 10 - RESTORE_RESERVE ))
+    LEFT=$(( TOTAL_BUDGET - DEHAZE_RESERVE - SECONDS - 10 - RESTORE_RESERVE ))
     [ "$LEFT" -lt 45 ] && LEFT=45
     log "gpu_bench.py, configurations: ${TILEDIFF_KERNEL_CONFIGS:-heuristics}, budget ${LEFT}s"
     timeout -k 10 $(( LEFT + 30 )) "$PY" benchmarks/gpu_bench.py "$OUT_DIR/with_kept_configs" --budget-s "$LEFT" \
@@ -142,6 +166,12 @@ log "gpu_restore.py 6000x4000, 100 steps"
 timeout -k 10 $(( RESTORE_RESERVE - 5 )) "$PY" benchmarks/gpu_restore.py "$OUT_DIR" --size 6000x4000 --steps 100 \
     --precision fp16 --budget-s 60 ${RESTORE_ARGS[@]+"${RESTORE_ARGS[@]}"} 2>&1 | tee -a "$LOG"
 log "gpu_restore.py rc=${PIPESTATUS[0]}; total ${SECONDS}s"
+LEFT=$(( TOTAL_BUDGET - SECONDS ))
+if [ "$LEFT" -ge 90 ]; then
+    dehaze_defaults "$LEFT"
+else
+    log "gpu_dehaze_defaults.py skipped: ${LEFT}s left (GPU_CHECK_DEHAZE_ONLY=1 runs it alone)"
+fi
 ls -la "$OUT_DIR" | tee -a "$LOG"
 if [ "$PYTEST_RC" = 0 ] && [ "$BENCH_RC" = 0 ]; then exit 0; fi
 exit 1

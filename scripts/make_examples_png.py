@@ -1,8 +1,9 @@
 """Before/after grid for the model card: rows = held-out photos, columns = hazy | DCP | model | clean.
 
-    python scripts/make_examples_png.py EVAL_DIR CLEAN_DIR OUT.png [--height 150]
+    python scripts/make_examples_png.py EVAL_DIR CLEAN_DIR OUT.png [--height 150] [--column LABEL=DIR ...]
 
-EVAL_DIR is what `tilediff eval --save-images` wrote (<stem>_hazy/_dcp/_out.png).
+EVAL_DIR is what `tilediff eval --save-images` wrote (<stem>_hazy/_dcp/_out.png); each --column adds
+the <stem>_out.png of another such folder (e.g. the model with other options) before the model's.
 """
 import argparse
 from pathlib import Path
@@ -14,16 +15,22 @@ ap.add_argument("eval_dir")
 ap.add_argument("clean_dir")
 ap.add_argument("out")
 ap.add_argument("--height", type=int, default=150)
+ap.add_argument("--column", action="append", default=[], help="LABEL=DIR: another folder's <stem>_out.png")
+ap.add_argument("--label", default="tilediff (this model)", help="label of EVAL_DIR's outputs")
 args = ap.parse_args()
 
-cols = [("hazy input", "{}_hazy.png"), ("dark channel prior", "{}_dcp.png"), ("tilediff (this model)", "{}_out.png"),
+extra = [(label, str(Path(folder) / "{}_out.png")) for label, folder in (c.split("=", 1) for c in args.column)]
+cols = [("hazy input", "{}_hazy.png"), ("dark channel prior", "{}_dcp.png"), *extra, (args.label, "{}_out.png"),
         ("clean", None)]
 stems = sorted(p.name[:-len("_out.png")] for p in Path(args.eval_dir).glob("*_out.png"))
 rows = []
 for stem in stems:
     tiles = []
     for _, pattern in cols:
-        path = Path(args.eval_dir) / pattern.format(stem) if pattern else next(Path(args.clean_dir).glob(stem + ".*"))
+        if pattern is None:
+            path = next(Path(args.clean_dir).glob(stem + ".*"))
+        else:
+            path = Path(pattern.format(stem)) if "/" in pattern else Path(args.eval_dir) / pattern.format(stem)
         im = Image.open(path).convert("RGB")
         tiles.append(im.resize((round(im.width * args.height / im.height), args.height), Image.LANCZOS))
     rows.append(tiles)

@@ -1,8 +1,10 @@
 """Time a 100-step restoration of a 640×480 image with a model file (default: the shipped dehaze model).
 
-    python scripts/time_restore.py [MODEL] [--threads N] [--sampler S] [--samples K] [--no-ensemble] [--repeat 3]
+    python scripts/time_restore.py [MODEL] [--threads N] [--sampler S] [--samples K] [--no-ensemble]
+        [--prior none|dcp] [--no-recompose] [--repeat 3]
 
-Prints the median of --repeat runs; --sampler, --samples and the ensemble default to the model file's choices.
+Prints the median of --repeat runs; --sampler, --samples, the ensemble, the prior start and the
+recomposition default to the model file's choices (with a prior each run takes prior_t × steps).
 """
 import argparse
 import time
@@ -20,6 +22,8 @@ ap.add_argument("--steps", type=int, default=100)
 ap.add_argument("--samples", type=int)
 ap.add_argument("--repeat", type=int, default=3)
 ap.add_argument("--no-ensemble", action="store_true", help="one orientation even if the model file asks for four")
+ap.add_argument("--prior", choices=["none", "dcp"], help="default: the model file's default_prior")
+ap.add_argument("--no-recompose", action="store_true", help="skip the recomposition even if the model file asks for it")
 args = ap.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -29,11 +33,16 @@ r.restore(img[:64, :64], steps=2)  # warm-up
 samples = args.samples or r.default_samples
 sampler = args.sampler or r.default_sampler
 ensemble = r.default_ensemble and not args.no_ensemble
+prior, prior_t = r.prior_choice(args.prior, None)
+recompose = r.default_recompose and not args.no_recompose
 times = []
 for _ in range(args.repeat):
     t0 = time.time()
-    r.restore(img, steps=args.steps, sampler=sampler, samples=samples, ensemble=ensemble)
+    r.restore(img, steps=args.steps, sampler=sampler, samples=samples, ensemble=ensemble, prior=prior or "none",
+              recompose=recompose)
     times.append(time.time() - t0)
-print(f"640x480, {args.steps} {sampler} steps x {samples} samples{' in four orientations' if ensemble else ''}, "
+start = f", from the {prior} latent at step {round(prior_t * args.steps)}" if prior else ""
+print(f"640x480, {args.steps} {sampler} steps x {samples} samples{' in four orientations' if ensemble else ''}{start}"
+      f"{', recomposed' if recompose else ''}, "
       f"{torch.get_num_threads()} threads: "
       f"median {np.median(times):.1f} s of {args.repeat} ({', '.join(f'{t:.1f}' for t in times)})")

@@ -189,6 +189,8 @@ def test_wrong_task_weights_missing_weights_and_bad_options(dehaze_model, tmp_pa
         (["--task", "dehaze", "--weights", dehaze_model, "--memory-budget", "lots"], "memory budget"),
         (["--task", "dehaze", "--weights", dehaze_model, "--compression", "gzip9"], "--compression"),
         (["--task", "dehaze", "--weights", dehaze_model, "-o", tmp_path / "x.png", src], "-o/--output"),
+        (["--task", "deshadow", "--weights", dehaze_model, "--recompose"], "dehazing only"),
+        (["--task", "deshadow", "--weights", dehaze_model, "--prior", "dcp"], "dehazing only"),
     ]:
         result = restore(src, *args)
         assert result.exit_code == 1, result.output
@@ -228,7 +230,7 @@ def test_every_option_reaches_the_restorer_and_the_writer(dehaze_model, tmp_path
     tifffile.imwrite(tmp_path / "c.tif", noise_image(16, 16, 3, seed=2), metadata=None)
     result = restore(tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.tif", "--task", "dehaze", "--weights",
                      dehaze_model, "--steps", "3", "--sampler", "ode", "--seed", "7", "--samples", "2", "--ensemble",
-                     "--mode", "tiled", "--tile",
+                     "--no-recompose", "--prior", "dcp", "--prior-t", "0.25", "--mode", "tiled", "--tile",
                      "16", "--overlap", "4", "--memory-budget", "1.5GB", "--device", "cpu", "--precision", "bf16",
                      "--jpeg-quality", "40", "--compression", "9", "-q")
     assert result.exit_code == 0, result.output
@@ -236,10 +238,10 @@ def test_every_option_reaches_the_restorer_and_the_writer(dehaze_model, tmp_path
     assert len(identity_restore) == 3
     restorer, _, options = identity_restore[0]
     assert restorer.precision == "bf16" and restorer.device.type == "cpu"
-    assert {k: options[k] for k in ("steps", "sampler", "seed", "samples", "ensemble", "mode", "tile", "overlap",
-                                    "memory_budget")} == \
-        dict(steps=3, sampler="ode", seed=7, samples=2, ensemble=True, mode="tiled", tile=16, overlap=4,
-             memory_budget=int(1.5 * 2**30))
+    assert {k: options[k] for k in ("steps", "sampler", "seed", "samples", "ensemble", "recompose", "prior", "prior_t",
+                                    "mode", "tile", "overlap", "memory_budget")} == \
+        dict(steps=3, sampler="ode", seed=7, samples=2, ensemble=True, recompose=False, prior="dcp", prior_t=0.25,
+             mode="tiled", tile=16, overlap=4, memory_budget=int(1.5 * 2**30))
     assert options["progress"] is None
     assert writes == [dict(jpeg_quality=40, compression=9), dict(jpeg_quality=40), dict(jpeg_quality=40)]
     # names: NAME_TASK.EXT beside the input

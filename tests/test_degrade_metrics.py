@@ -249,6 +249,19 @@ def test_dcp_recovers_constant_depth_haze(clean):
     assert dinfo["transmission"].mean() == pytest.approx(math.exp(-beta), abs=0.05)
 
 
+def test_dcp_in_bands_equals_the_whole_image(clean):
+    """The banded computation (rows + a halo of the filters' combined radius) gives the whole-image
+    result, info included, whatever the band height."""
+    hazy, _ = add_haze(clean[:150], rng=4, density="moderate")
+    whole, info = dark_channel_prior(hazy, return_info=True, band_rows=10_000)
+    for rows in (5, 40, 149):
+        banded, binfo = dark_channel_prior(hazy, return_info=True, band_rows=rows)
+        np.testing.assert_allclose(banded, whole, atol=1e-6)
+        for key in ("transmission", "transmission_raw", "dark"):
+            np.testing.assert_allclose(binfo[key], info[key], atol=1e-6)
+        np.testing.assert_array_equal(binfo["airlight"], info["airlight"])
+
+
 def test_dcp_gain_without_bright_region():
     # No sky / white object: the airlight is underestimated with a colour cast, but DCP still helps.
     img = colourful_image(seed=0, white_region=False)

@@ -111,14 +111,14 @@ def zero_noise_restorer(golden_dir, tmp_path_factory):
     return r
 
 
-@pytest.mark.parametrize("sampler", ["ode", "sde"])
-def test_tiled_restoration_equals_whole_with_a_zero_noise_model(zero_noise_restorer, sampler):
+@pytest.mark.parametrize("sampler,prior", [("ode", "none"), ("sde", "none"), ("sde", "dcp")])
+def test_tiled_restoration_equals_whole_with_a_zero_noise_model(zero_noise_restorer, sampler, prior):
     image = np.random.default_rng(0).random((389, 517, 3)).astype(np.float32)
-    whole = zero_noise_restorer.restore(image, steps=2, sampler=sampler, seed=3, mode="whole")
+    whole = zero_noise_restorer.restore(image, steps=2, sampler=sampler, seed=3, mode="whole", prior=prior)
     for tile, overlap in [(16, 4), (24, 10)]:
         stats = {}
         tiled = zero_noise_restorer.restore(image, steps=2, sampler=sampler, seed=3, mode="tiled", tile=tile,
-                                            overlap=overlap, stats=stats)
+                                            overlap=overlap, stats=stats, prior=prior)
         assert stats["plan"].noise_mode == "tiled" and stats["plan"].compressor_mode == "tiled"
         assert np.abs(whole - tiled).max() <= 1e-4, (tile, overlap)
 
@@ -271,3 +271,65 @@ def test_ensemble_runs_the_samples_in_four_orientations(golden_dir, tmp_path):
     np.testing.assert_allclose(ens, expected.numpy(), atol=1e-5)
     assert np.abs(ens - plain).max() > 1e-3
     assert engine.ORIENTATIONS[3][2](engine.ORIENTATIONS[3][1](mu)).equal(mu)   # inverse ∘ forward = id
+
+
+def test_prior_start_refines_the_latent_of_a_classic_estimate(golden_dir, tmp_path):
+    """prior='dcp': each run starts at round(prior_t × T) from the forward process around the latent of
+    the dark-channel-prior image (in the run's orientation) and takes only those steps."""
+    from tilediff import sde
+    from tilediff.baselines import dark_channel_prior
+    from tilediff.noise import START_STEP
+    path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
+                   output=tmp_path / "m.safetensors")
+    r = Restorer("dehaze", weights=path)
+    image = np.random.default_rng(6).random((40, 56, 3)).astype(np.float32)
+    events = []
+    got = r.restore(image, steps=4, sampler="ode", seed=1, mode="whole", samples=2, ensemble=True, prior="dcp",
+                    prior_t=0.5, progress=lambda stage, done, total: events.append((stage, done, total)))
+    model = r.model
+    as_canvas = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        mu, hidden = model.compressor.encode(as_canvas(image))
+        guess, _ = model.compressor.encode(as_canvas(dark_channel_prior(image)))
+        sch = engine.schedule_for(model, 4)
+        finals = []
+        for k in (0, 1):
+            _, forward, inverse = engine.ORIENTATIONS[k]
+            mu_k, guess_k = forward(mu).contiguous(), forward(guess).contiguous()
+            noise = PositionalNoise(1, stream=k)
+            fn = engine.whole_noise_fn(model.noise, mu_k, torch.device("cpu"), torch.float32)
+            start = sde.noisy_state(sch, guess_k, mu_k, 2, noise(START_STEP, mu_k))
+            finals.append(inverse(sde.sample(fn, start, mu_k, sch, "ode", noise, start_step=2)))
+        expected = model.compressor.decode(sum(finals) / 2, hidden).clamp(0, 1)[0].permute(1, 2, 0)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    assert [e for e in events if e[0] == "sample"][-1] == ("sample", 4, 4)   # 2 runs × 2 steps
+    plain = r.restore(image, steps=4, sampler="ode", seed=1, mode="whole", samples=2, ensemble=True)
+    assert np.abs(got - plain).max() > 1e-3
+    with pytest.raises(ValueError, match="unknown prior"):
+        r.restore(image, steps=2, prior="clahe")
+    with pytest.raises(ValueError, match="prior_t must be in"):
+        r.restore(image, steps=2, prior="dcp", prior_t=0)
+    with pytest.raises(ValueError, match="start_step must be in"):
+        sde.sample(lambda x, t: x, mu, mu, sch, "ode", start_step=5)
+
+
+def test_linear_attention_sums_do_not_overflow_in_float16():
+    """The compressor's global attention sums grow with the number of positions (Σ e^(k−max) = n when
+    k is flat); kept in float16 they overflowed past 65504 positions and a 16-bit restoration of a
+    6000 × 4000 image came out NaN (found on an H200). They are float32 now."""
+    from tilediff.models.compressor import LinearAttention
+    torch.manual_seed(0)
+    att = LinearAttention(16).eval()
+    with torch.no_grad():
+        att.to_qkv.weight[128:256] = 0                                       # k ≡ 0
+        att.to_qkv.weight[256:384] = att.to_qkv.weight[256:384].abs()        # v > 0 on positive inputs
+    x = torch.rand(1, 16, 300, 300) + 0.5                                    # 90 000 positions
+    with torch.no_grad():
+        ref = att.float()(x)
+        parts = att.half().reduce(x.half())
+        half = att(x.half()).float()
+        merged = att.merge([att.reduce(x.half()[..., :150, :]), att.reduce(x.half()[..., 150:, :])])
+        tiled = att.apply(x.half(), merged).float()
+    assert parts[1].dtype == torch.float32 and float(parts[1].max()) == 90000
+    assert torch.isfinite(half).all() and torch.isfinite(tiled).all()
+    assert (half - ref).abs().max() < 0.5 and (tiled - half).abs().max() < 1e-2

@@ -12,7 +12,10 @@ CVPR 2009 / TPAMI 2011), with the transmission refined by the guided filter (He,
    image size by default, ``eps = 1e-3``);
 5. ``J = (I - A) / max(t, t0) + A`` with ``t0 = 0.1``, clipped to [0, 1].
 
-Images are ``H x W x 3`` float arrays in [0, 1]; outputs are float32.
+Images are ``H x W x 3`` float arrays in [0, 1]; outputs are float32. Every step but the airlight is
+local, so steps 3-5 (and the dark channel for step 2) run over bands of rows with a halo as wide as
+their combined filter radius (``by_bands``): the result equals the whole-image computation and the
+temporaries stay band-sized (a 6000 x 4000 image needs ~0.4 GB beyond its input and output).
 """
 from __future__ import annotations
 
@@ -27,7 +30,11 @@ __all__ = [
     "box_mean",
     "guided_filter",
     "dark_channel_prior",
+    "by_bands",
+    "airlight_of",
 ]
+
+BAND_ROWS = 512   # rows per band for the banded computations (plus their halo above and below)
 
 _GRAY = np.array([0.299, 0.587, 0.114])
 
@@ -88,6 +95,26 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.
     return out
 
 
+def by_bands(h: int, halo: int, band_rows: int, compute, out: np.ndarray) -> np.ndarray:
+    """Fill ``out[r0:r1]`` band by band with ``compute(a0, a1)[r0 - a0 : r1 - a0]``, where rows a0..a1
+    are the band grown by ``halo`` rows each side (clipped to the image). Exact for any computation
+    whose value at a pixel depends only on rows within ``halo`` of it: each box / minimum filter
+    truncated at the band's edge only changes rows inside the halo."""
+    for r0 in range(0, h, max(1, int(band_rows))):
+        r1 = min(h, r0 + band_rows)
+        a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
+        out[r0:r1] = compute(a0, a1)[r0 - a0:r1 - a0]
+    return out
+
+
+def airlight_of(img: np.ndarray, patch: int = 15, top_fraction: float = 0.001,
+                band_rows: int = BAND_ROWS) -> np.ndarray:
+    """``estimate_airlight`` of ``img`` with its dark channel computed in bands (same result)."""
+    dark = by_bands(img.shape[0], patch // 2 + 1, band_rows, lambda a0, a1: dark_channel(img[a0:a1], patch),
+                    np.empty(img.shape[:2], np.float32 if img.dtype == np.float32 else np.float64))
+    return estimate_airlight(img, dark, top_fraction)
+
+
 def dark_channel_prior(
     hazy: np.ndarray,
     patch: int = 15,
@@ -97,6 +124,7 @@ def dark_channel_prior(
     eps: float = 1e-3,
     top_fraction: float = 0.001,
     return_info: bool = False,
+    band_rows: int = BAND_ROWS,
 ):
     """Dehaze ``hazy`` (``H x W x 3`` in [0, 1]) with the dark channel prior.
 
@@ -110,34 +138,42 @@ def dark_channel_prior(
         top_fraction: fraction of dark-channel pixels considered for the airlight (0.1 %).
         return_info: also return a dict with ``airlight``, ``transmission`` (refined, unclipped),
             ``transmission_raw`` and ``dark``.
+        band_rows: rows per band (the result does not depend on it).
 
     Returns:
         the dehazed float32 ``H x W x 3`` image in [0, 1] (and the info dict if requested).
     """
-    img = np.asarray(hazy, dtype=np.float32)   # float32 throughout: ~1.5 GB peak at 6000 x 4000
+    img = np.asarray(hazy, dtype=np.float32)   # float32 throughout, in bands of rows (module doc)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {img.shape}")
     h, w = img.shape[:2]
     if radius is None:
         radius = int(np.clip(round(min(h, w) / 10.0), 4, 60))
 
-    dark = dark_channel(img, patch)
-    airlight = estimate_airlight(img, dark, top_fraction)
+    airlight = airlight_of(img, patch, top_fraction, band_rows)
     a32 = airlight.astype(np.float32)
     safe_a = np.maximum(a32, 1e-6)
-    t_raw = 1.0 - np.float32(omega) * dark_channel(img / safe_a[None, None, :], patch)
-    gray = img @ _GRAY.astype(np.float32)
-    t = guided_filter(gray, t_raw, radius, eps)
-    del gray
-    out = img - a32[None, None, :]
-    out /= np.maximum(t, np.float32(t0))[..., None]
-    out += a32[None, None, :]
-    np.clip(out, 0.0, 1.0, out=out)
+    gray_weights = _GRAY.astype(np.float32)
+
+    def band(a0, a1):
+        sub = img[a0:a1]
+        t_raw = 1.0 - np.float32(omega) * dark_channel(sub / safe_a[None, None, :], patch)
+        t = guided_filter(sub @ gray_weights, t_raw, radius, eps)
+        out = sub - a32[None, None, :]
+        out /= np.maximum(t, np.float32(t0))[..., None]
+        out += a32[None, None, :]
+        np.clip(out, 0.0, 1.0, out=out)
+        if not return_info:
+            return out
+        return np.concatenate([out, t[..., None], t_raw[..., None], dark_channel(sub, patch)[..., None]], axis=2)
+
+    halo = patch // 2 + 2 * radius + 1
+    result = by_bands(h, halo, band_rows, band, np.empty((h, w, 6 if return_info else 3), np.float32))
     if return_info:
-        return out, {
-            "airlight": airlight.astype(np.float32),
-            "transmission": t.astype(np.float32),
-            "transmission_raw": t_raw.astype(np.float32),
-            "dark": dark.astype(np.float32),
+        return result[..., :3].copy(), {
+            "airlight": a32,
+            "transmission": result[..., 3].copy(),
+            "transmission_raw": result[..., 4].copy(),
+            "dark": result[..., 5].copy(),
         }
-    return out
+    return result

@@ -263,8 +263,8 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
       ``out_dir/tilediff_summary.json`` after every file. Stereo entries hold [left, right] lists.
     - ``device``, ``precision`` build the Restorer; ``jpeg_quality``, ``compression`` go to the writer
       (see ``write_options``); ``on_file(event, entry)`` is called with 'start', 'succeeded', 'failed'
-      or 'skipped'; everything else (steps, sampler, seed, samples, ensemble, tile, overlap, mode, memory_budget,
-      src_lens, tgt_lens, disparity, progress) goes to ``Restorer.restore``.
+      or 'skipped'; everything else (steps, sampler, seed, samples, ensemble, prior, prior_t, recompose, tile,
+      overlap, mode, memory_budget, src_lens, tgt_lens, disparity, progress) goes to ``Restorer.restore``.
     A KeyboardInterrupt is re-raised after the summary is written with ``"interrupted": true``.
     """
     from .restorer import Restorer

@@ -193,6 +193,17 @@ def _summary_line(entry, device):
 @click.option("--ensemble/--no-ensemble", default=None,
               help="Run the --samples runs in turn on the latent as it is, flipped, transposed and both, and "
                    "average them. Default: the model file's choice, else off.")
+@click.option("--prior", type=click.Choice(["none", "dcp"]), default=None,
+              help="dehaze: start each reverse run from the latent of a classic estimate (dcp: dark channel "
+                   "prior) at step --prior-t × T instead of from noise; none: from noise. "
+                   "Default: the model file's choice, else none.")
+@click.option("--prior-t", type=click.FloatRange(0, 1, min_open=True),
+              help="Where the runs start from the --prior estimate, as a fraction of the steps "
+                   "(default: the model file's choice, else 0.5).")
+@click.option("--recompose/--no-recompose", default=None,
+              help="dehaze: rebuild the output from the input with the transmission the restored image implies "
+                   "(scattering model; the model decides the haze, the input gives the detail). "
+                   "Default: the model file's choice, else off.")
 @click.option("--mode", type=click.Choice(["auto", "whole", "tiled"]), default="auto", show_default=True,
               help="whole = the reference algorithm on the whole image; tiled = force tiling.")
 @click.option("--tile", type=click.IntRange(min=8), help="Tile size (latent units for latent tasks).")
@@ -215,7 +226,8 @@ def _summary_line(entry, device):
               help="Replace existing outputs (folders: redo them instead of skipping them).")
 @click.option("--dry-run", is_flag=True, help="Print the plan for each input and exit; nothing is restored or written.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary lines; errors only.")
-def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, samples, ensemble, mode, tile, overlap, device,
+def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, samples, ensemble, prior, prior_t,
+                recompose, mode, tile, overlap, device,
                 precision, memory_budget, cuda_graphs, src_lens, tgt_lens, disparity, jpeg_quality, compression,
                 pattern, recursive, overwrite, dry_run, quiet):
     """Restore images (TIFF, PNG, JPEG) or folders of them.
@@ -250,8 +262,12 @@ def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, sa
             _fail(e)
     compression = _compression_value(compression)
     budget = _parse_bytes(memory_budget) if memory_budget else None
-    options = dict(steps=steps, sampler=sampler, seed=seed, samples=samples, ensemble=ensemble, mode=mode, tile=tile,
-                   overlap=overlap,
+    if recompose and task_obj.name != "dehaze":
+        _fail(f"--recompose applies to dehazing only, not to task {task_obj.name}")
+    if prior not in (None, "none") and task_obj.name != "dehaze":
+        _fail(f"--prior {prior} applies to dehazing only, not to task {task_obj.name}")
+    options = dict(steps=steps, sampler=sampler, seed=seed, samples=samples, ensemble=ensemble, recompose=recompose,
+                   prior=prior, prior_t=prior_t, mode=mode, tile=tile, overlap=overlap,
                    memory_budget=budget, cuda_graphs=cuda_graphs, src_lens=src_lens, tgt_lens=tgt_lens,
                    disparity=disparity)
     if device != "auto":

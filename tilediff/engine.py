@@ -44,6 +44,7 @@ class Options:
     cuda_graphs: bool = True          # on CUDA, capture one step's noise-network work and replay it
     samples: int = 1                  # reverse-process runs whose final latents are averaged (see _sample_stage)
     ensemble: bool = False            # run k sees the latent in orientation k mod 4 (ORIENTATIONS)
+    start_step: int | None = None     # with a prior image: start the reverse runs at this step (see restore_tensor)
     stats: dict = field(default_factory=dict)  # filled with per-stage seconds and the plan
 
 
@@ -349,14 +350,26 @@ def tiled_noise_fn(net, mu, device, dtype, tile, overlap, batch, lens=None, repo
     return noise_fn
 
 
-def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
-    """Restore a (1, C, H, W) host canvas; returns the restored (1, C, H, W) canvas clamped to [0, 1]."""
+def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None, prior=None):
+    """Restore a (1, C, H, W) host canvas; returns the restored (1, C, H, W) canvas clamped to [0, 1].
+
+    ``prior``: an estimate of the restored image (same shape, e.g. a classic method's output). Its
+    latent is the x_0 around which each reverse run starts at ``options.start_step`` (drawn from the
+    forward process there) instead of at x_T = μ + λz: the network refines the estimate over the last
+    ``start_step`` steps. Needs a latent model."""
     if options.sampler not in sde.SAMPLERS:
         raise ValueError(f"unknown sampler {options.sampler!r}; expected one of {', '.join(sde.SAMPLERS)}")
     if options.precision not in DTYPES:
         raise ValueError(f"unknown precision {options.precision!r}; expected one of {', '.join(DTYPES)}")
     if options.samples < 1:
         raise ValueError(f"samples must be at least 1, got {options.samples}")
+    if prior is not None:
+        if model.compressor is None:
+            raise ValueError("a prior image needs a latent model (a compressor)")
+        if prior.shape != x.shape:
+            raise ValueError(f"the prior image's shape {tuple(prior.shape)} differs from the input's {tuple(x.shape)}")
+        if options.start_step is None:
+            raise ValueError("a prior image needs options.start_step")
     device = torch.device(device)
     dtype = DTYPES[options.precision]
     _, channels, h, w = x.shape
@@ -386,11 +399,12 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
                                     progress=report)
             canvas = tiled.encode(x)
             mu = canvas.latent
+        guess = None if prior is None else _encode_latent(model, prior, plan, device, dtype, report)
         timings["encode"] = time.perf_counter() - start
         release_free_memory()
 
         start = time.perf_counter()
-        state = _sample_stage(model, mu, plan, options, device, dtype, lens, report)
+        state = _sample_stage(model, mu, plan, options, device, dtype, lens, report, guess)
         timings["sample"] = time.perf_counter() - start
         release_free_memory()
 
@@ -408,8 +422,21 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None):
     return out.clamp_(0, 1)
 
 
-def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
+def _encode_latent(model, image, plan, device, dtype, report):
+    """The latent of a host image (no skips kept), whole or in the plan's compressor tiles."""
+    if plan.compressor_mode == "whole":
+        latent, _ = model.compressor.encode(image.to(device=device, dtype=dtype))
+        return latent.float().cpu()
+    tiled = TiledCompressor(model.compressor, device, dtype, tile=plan.compressor_tile, keep_skips=False,
+                            progress=lambda stage, done, total: report(f"prior {stage}", done, total))
+    return tiled.encode(image).latent
+
+
+def _sample_stage(model, mu, plan, options, device, dtype, lens, report, guess=None):
     """x_T = μ + λz, then the reverse sampler over the whole canvas; ε from the whole or tiled network.
+
+    With ``guess`` (the latent of a prior image) each run starts at ``options.start_step`` from the
+    forward process around it (``sde.prior_start_state``) and takes only those steps.
 
     On a GPU the canvases stay on the device and, unless ``options.cuda_graphs`` is off, one step's
     noise-network work (the whole canvas or every tile batch plus the blend) is captured as a CUDA
@@ -426,6 +453,9 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     """
     sch = schedule_for(model, options.steps)
     runs = options.samples
+    run_steps = sch.T if guess is None else options.start_step
+    if not 1 <= run_steps <= sch.T:
+        raise ValueError(f"start step must be in 1..{sch.T}, got {run_steps}")
     orientations = ORIENTATIONS if options.ensemble else ORIENTATIONS[:1]
     # turned canvases keep μ's memory layout (channels-last from the tiled compressor: the CPU's
     # convolutions are faster in it)
@@ -435,6 +465,7 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
     on_gpu = device.type == "cuda"
     if on_gpu:
         mu = mu.to(device)
+        guess = None if guess is None else guess.to(device)
     use_graphs = options.cuda_graphs and graphs_available(device)
     graph_info = options.stats["cuda_graph"] = {"used": use_graphs, "captures": 0, "replays": 0}
 
@@ -450,7 +481,7 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
             fn = tiled_noise_fn(model.noise, mu_run, device, dtype, plan.noise_tile, plan.noise_overlap,
                                 plan.noise_batch, lens,
                                 report=lambda g, n: report("sample", step_index[0] * calls + g,
-                                                          sch.T * runs * calls))
+                                                          run_steps * runs * calls))
         if use_graphs:
             graph_info["captures"] += 1
             return GraphedNoise(fn, device)
@@ -477,10 +508,10 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
             graph_info["replays"] = earlier_replays[0] + current[0].replays
             graph_info["used"] = not current[0].failed   # capture failed: eager from then on
         if plan.noise_mode == "whole":
-            report("sample", i + 1, sch.T * runs)
+            report("sample", i + 1, run_steps * runs)
         elif use_graphs:   # a replayed step does not call back per tile batch
             calls = tile_calls(current[1])
-            report("sample", (i + 1) * calls, sch.T * runs * calls)
+            report("sample", (i + 1) * calls, run_steps * runs * calls)
 
     total = None
     for run in range(runs):
@@ -496,9 +527,14 @@ def _sample_stage(model, mu, plan, options, device, dtype, lens, report):
         if on_gpu and sde.NEEDS_NOISE[options.sampler]:
             noise = PrefetchingNoise(noise, device)   # draws step t−1 on the host while the GPU runs step t
         try:
-            state = sde.start_state(sch, mu_run, noise(START_STEP, mu_run))
+            if guess is None:
+                state = sde.start_state(sch, mu_run, noise(START_STEP, mu_run))
+            else:
+                guess_run = guess if name == "identity" else forward(guess).contiguous(memory_format=layout)
+                state = sde.prior_start_state(sch, guess_run, mu_run, run_steps, noise(START_STEP, mu_run))
             state = sde.sample(noise_fn, state, mu_run, sch, options.sampler, noise,
-                               callback=lambda i, t, run=run: callback(run * sch.T + i, t))
+                               callback=lambda i, t, run=run: callback(run * run_steps + i, t),
+                               start_step=run_steps)
         finally:
             if isinstance(noise, PrefetchingNoise):
                 noise.close()

@@ -1,4 +1,5 @@
 """The public restoration API: ``Restorer`` (one model, many images)."""
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,30 @@ def to_float_rgb(image):
     return np.clip(arr, 0, 1)
 
 
+def _dark_channel_prior(rgb, device):
+    """The dark channel prior of an HxWx3 array: numpy on the CPU, torch on a GPU (haze_torch)."""
+    if device.type == "cuda":
+        from . import haze_torch
+        return haze_torch.dark_channel_prior(haze_torch.to_device_rgb(rgb, device)).cpu().numpy()
+    from .baselines import dark_channel_prior
+    return dark_channel_prior(rgb)
+
+
+def _haze_recompose(hazy, restored, device):
+    """recompose.haze_recompose of HxWx3 arrays: numpy on the CPU, torch on a GPU (haze_torch)."""
+    if device.type == "cuda":
+        from . import haze_torch
+        return haze_torch.haze_recompose(haze_torch.to_device_rgb(hazy, device),
+                                         haze_torch.to_device_rgb(restored, device)).cpu().numpy()
+    from .recompose import haze_recompose
+    return haze_recompose(hazy, restored)
+
+
+# Prior images a reverse run can start from (Restorer.restore(prior=...)): name → (task, function
+# of the HxWx3 input and the device returning an HxWx3 estimate).
+PRIORS = {"dcp": ("dehaze", _dark_channel_prior)}
+
+
 class Restorer:
     """Restores images with one model file.
 
@@ -87,9 +112,26 @@ class Restorer:
         from .weights import metadata_flag
         return metadata_flag(self.model.metadata, "default_ensemble")
 
+    @property
+    def default_prior(self):
+        """The model file's ``default_prior`` (a ``PRIORS`` name) and ``default_prior_t`` (the start step
+        as a fraction of the schedule's T); (None, None) when it names none."""
+        name = self.model.metadata.get("default_prior")
+        if name in (None, "", "none"):
+            return None, None
+        return name, float(self.model.metadata.get("default_prior_t", 0.5))
+
+    @property
+    def default_recompose(self):
+        """The model file's ``default_recompose`` (dehazing: rebuild the output from the input with the
+        transmission the restored image implies, see ``recompose``); False when it names none."""
+        from .weights import metadata_flag
+        return metadata_flag(self.model.metadata, "default_recompose")
+
     def restore(self, image, *, steps=None, sampler=None, seed=0, tile=None, overlap=None, mode="auto",
                 memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
-                compressor_tile=None, batch=None, cuda_graphs=True, samples=None, ensemble=None):
+                compressor_tile=None, batch=None, cuda_graphs=True, samples=None, ensemble=None,
+                recompose=None, prior=None, prior_t=None):
         """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
 
         For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
@@ -101,6 +143,13 @@ class Restorer:
         ``ensemble`` True runs those K runs in turn on the latent as it is, flipped left-right,
         transposed and both (engine.ORIENTATIONS); None takes the model file's ``default_ensemble``. On CUDA
         one sampler step is captured as a CUDA graph and replayed (``cuda_graphs=False`` runs it eagerly).
+        ``prior`` (a ``PRIORS`` name, 'none' for no prior) starts each reverse run at step
+        round(``prior_t`` × T) from the forward process around the latent of that classic estimate (for
+        dehazing 'dcp', the dark channel prior), so the network refines the estimate over those steps;
+        None takes the model file's ``default_prior`` / ``default_prior_t``.
+        ``recompose`` (dehazing only) True rebuilds the output from the input with the transmission the
+        restored image implies (``recompose.haze_recompose``: the model decides the haze, the input gives
+        the detail); None takes the model file's ``default_recompose``.
         """
         if sampler is None:
             sampler = self.default_sampler
@@ -108,6 +157,11 @@ class Restorer:
             samples = self.default_samples
         if ensemble is None:
             ensemble = self.default_ensemble
+        prior, prior_t = self.prior_choice(prior, prior_t)
+        if recompose is None:
+            recompose = self.default_recompose and self.task.name == "dehaze"
+        elif recompose and self.task.name != "dehaze":
+            raise ValueError(f"recompose applies to dehazing only, not to task {self.task.name}")
         if isinstance(image, (str, Path)):
             from .io import read_image
             image = read_image(image).rgb
@@ -126,16 +180,50 @@ class Restorer:
                 raise ValueError("the bokeh task needs src_lens, tgt_lens and disparity")
             from .tasks import lens_value
             lens = (lens_value(src_lens), lens_value(tgt_lens), float(disparity))
+        prior_x, start_step = None, None
+        if prior is not None:
+            start = time.perf_counter()
+            prior_x = self._tensor(PRIORS[prior][1](self._input_rgb(x), self.device))
+            prior_seconds = time.perf_counter() - start
+            start_step = max(1, min(steps or self.model.sde["T"], round(prior_t * (steps or self.model.sde["T"]))))
         options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
                                  memory_budget=memory_budget, precision=self.precision, progress=progress,
                                  compressor_tile=compressor_tile, batch=batch, cuda_graphs=cuda_graphs,
-                                 samples=samples, ensemble=bool(ensemble),
+                                 samples=samples, ensemble=bool(ensemble), start_step=start_step,
                                  stats=stats if stats is not None else {})
-        out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens)
+        out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens, prior=prior_x)
         out = out[0].permute(1, 2, 0).numpy()
+        if prior is not None:
+            options.stats["seconds"]["prior"] = prior_seconds
+        if recompose:
+            start = time.perf_counter()
+            out = _haze_recompose(self._input_rgb(x), out, self.device)
+            options.stats["seconds"]["recompose"] = time.perf_counter() - start
         if self.task.stereo:
             return out[..., :3].copy(), out[..., 3:].copy()
         return out
+
+    def prior_choice(self, prior, prior_t):
+        """(name, fraction) of the prior start to use, or (None, None); checks both."""
+        default_name, default_t = self.default_prior
+        if prior is None:
+            prior = default_name
+        if prior in (None, "none"):
+            return None, None
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; expected one of {', '.join(['none', *PRIORS])}")
+        if PRIORS[prior][0] != self.task.name:
+            raise ValueError(f"the {prior} prior is for task {PRIORS[prior][0]}, not {self.task.name}")
+        if prior_t is None:
+            prior_t = default_t if default_t is not None else 0.5
+        if not 0 < prior_t <= 1:
+            raise ValueError(f"prior_t must be in (0, 1], got {prior_t}")
+        return prior, float(prior_t)
+
+    @staticmethod
+    def _input_rgb(x):
+        """The network's (1, 3, H, W) input canvas as an HxWx3 array (a view)."""
+        return x[0].permute(1, 2, 0).numpy()
 
     def _tensor(self, rgb):
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]

@@ -148,8 +148,14 @@ def start_state(sch, mu, z):
     return mu + sch.max_sigma * z
 
 
-def sample(noise_fn, x, mu, sch, sampler="sde", noise=None, callback=None):
-    """Run the reverse process from x = x_T down to x_0.
+def prior_start_state(sch, x0_guess, mu, t, z):
+    """x_t drawn from the forward process around an estimate of x_0 (SDEdit-style start): the reverse
+    process run from step t keeps the estimate's content and corrects it."""
+    return noisy_state(sch, x0_guess, mu, t, z)
+
+
+def sample(noise_fn, x, mu, sch, sampler="sde", noise=None, callback=None, start_step=None):
+    """Run the reverse process from x = x_T (or x_{start_step}) down to x_0.
 
     noise_fn(x, t) -> ε; noise(t, like) -> z (needed by the sde and posterior samplers);
     callback(step_index, t) after each step.
@@ -157,7 +163,10 @@ def sample(noise_fn, x, mu, sch, sampler="sde", noise=None, callback=None):
     step = get_step(sampler)
     if NEEDS_NOISE[sampler] and noise is None:
         raise ValueError(f"the {sampler} sampler needs a noise source")
-    for i, t in enumerate(range(sch.T, 0, -1)):
+    start_step = sch.T if start_step is None else int(start_step)
+    if not 1 <= start_step <= sch.T:
+        raise ValueError(f"start_step must be in 1..{sch.T}, got {start_step}")
+    for i, t in enumerate(range(start_step, 0, -1)):
         eps = noise_fn(x, t)
         z = noise(t, x) if NEEDS_NOISE[sampler] else None
         x = step(sch, x, mu, eps, t, z)

@@ -755,12 +755,14 @@ def haze_for_eval(clean, name, seed=0, density="moderate"):
 
 
 def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler=None, save_dir=None,
-             baseline=True, threads=None, restorer=None, samples=None, ensemble=None):
+             baseline=True, threads=None, restorer=None, samples=None, ensemble=None, recompose=None, prior=None,
+             prior_t=None):
     """Haze clean images deterministically, restore them, and score hazy / DCP / model against clean.
 
     ``images`` is a folder, a list of folders or a list of (name, HxWx3 float array). ``sampler``,
-    ``samples`` and ``ensemble`` None take the model file's defaults. Returns a dict with ``per_image`` (name, size,
-    mean transmission, psnr/ssim of hazy, dcp and output, seconds) and ``mean``.
+    ``samples``, ``ensemble``, ``prior``, ``prior_t`` and ``recompose`` None take the model file's
+    defaults. Returns a dict with ``per_image`` (name, size, mean transmission, psnr/ssim of hazy, dcp
+    and output, seconds) and ``mean``.
     """
     from .baselines import dark_channel_prior
     from .metrics import psnr, ssim
@@ -773,7 +775,8 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
     for name, clean in images:
         hazy, info = haze_for_eval(clean, name, seed, density)
         t0 = time.time()
-        out = restorer.restore(hazy, steps=steps, sampler=sampler, seed=seed, samples=samples, ensemble=ensemble)
+        out = restorer.restore(hazy, steps=steps, sampler=sampler, seed=seed, samples=samples, ensemble=ensemble,
+                               recompose=recompose, prior=prior, prior_t=prior_t)
         seconds = time.time() - t0
         row = {"name": name, "size": f"{clean.shape[1]}x{clean.shape[0]}",
                "mean_transmission": round(info["mean_transmission"], 3),
@@ -791,6 +794,7 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
             write_rgb(d / f"{stem}_out.png", out)
             if baseline:
                 write_rgb(d / f"{stem}_dcp.png", dcp)
+    used_prior, used_prior_t = restorer.prior_choice(prior, prior_t)
     mean = _metric_means(rows)
     for r in rows:
         r.update({k: round(float(r[k]), 4) for k in mean})
@@ -799,6 +803,8 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
             "steps": steps if steps is not None else restorer.model.sde.get("T"),
             "samples": samples or restorer.default_samples,
             "ensemble": restorer.default_ensemble if ensemble is None else bool(ensemble),
+            "recompose": restorer.default_recompose if recompose is None else bool(recompose),
+            "prior": used_prior, "prior_t": used_prior_t,
             "per_image": rows, "mean": mean}
 
 
@@ -855,6 +861,10 @@ def _table_head(first_columns, has_dcp, result):
         method += f", mean of {result['samples']} samples"
         if result.get("ensemble"):
             method += " in four orientations"
+    if result.get("prior"):
+        method += f", from the {result['prior'].upper()} latent at t = {result['prior_t']:g} T"
+    if result.get("recompose"):
+        method += ", recomposed"
     head = first_columns + " hazy PSNR / SSIM |" + (" DCP PSNR / SSIM |" if has_dcp else "") + \
         f" model ({method}) PSNR / SSIM |"
     return [head, "|" + "---|" * (head.count("|") - 1)]

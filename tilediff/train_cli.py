@@ -160,14 +160,22 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
               help="Average N reverse runs per image (default: the model file's choice, else 1).")
 @click.option("--ensemble/--no-ensemble", default=None,
               help="Run the N runs in four orientations of the latent (default: the model file's choice, else off).")
+@click.option("--prior", type=click.Choice(["none", "dcp"]), default=None,
+              help="Start the runs from the dark-channel-prior latent at --prior-t × T (default: the model file's "
+                   "choice, else none).")
+@click.option("--prior-t", type=click.FloatRange(0, 1, min_open=True),
+              help="Start of the --prior runs as a fraction of the steps (default: the model file's, else 0.5).")
+@click.option("--recompose/--no-recompose", default=None,
+              help="Rebuild each output from the hazy input with the transmission it implies "
+                   "(default: the model file's choice, else off).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @click.option("--save-images", type=click.Path(file_okay=False),
               help="Write hazy, DCP and restored PNGs here (in DENSITY_seedN subfolders for several runs).")
 @click.option("--no-dcp", is_flag=True, help="Skip the dark channel prior baseline.")
 @click.option("--threads", type=int, help="torch threads.")
 @click.option("--store", is_flag=True, help="Store the results as the model file's `quality` metadata.")
-def eval_cmd(weights, clean, density, seed, steps, sampler, samples, ensemble, json_out, save_images, no_dcp, threads,
-             store):
+def eval_cmd(weights, clean, density, seed, steps, sampler, samples, ensemble, prior, prior_t, recompose, json_out,
+             save_images, no_dcp, threads, store):
     """Haze clean images deterministically, restore them and report PSNR/SSIM (hazy, DCP, model).
 
     \b
@@ -182,7 +190,8 @@ def eval_cmd(weights, clean, density, seed, steps, sampler, samples, ensemble, j
         raise click.BadParameter(str(e), param_hint="--density")
     if not seeds:
         raise click.BadParameter("give at least one seed", param_hint="--seed")
-    options = dict(steps=steps, sampler=sampler, samples=samples, ensemble=ensemble, baseline=not no_dcp)
+    options = dict(steps=steps, sampler=sampler, samples=samples, ensemble=ensemble, recompose=recompose,
+                   prior=prior, prior_t=prior_t, baseline=not no_dcp)
     try:
         if len(densities) == 1 and len(seeds) == 1:
             result = T.evaluate(weights, list(clean), density=densities[0], seed=seeds[0], save_dir=save_images,
@@ -202,6 +211,7 @@ def eval_cmd(weights, clean, density, seed, steps, sampler, samples, ensemble, j
             first = result["runs"][0]
             quality = {"summary": result["summary"], "seeds": seeds, "sampler": first["sampler"],
                        "steps": first["steps"], "samples": first["samples"], "ensemble": first["ensemble"],
+                       "recompose": first["recompose"], "prior": first["prior"], "prior_t": first["prior_t"],
                        "images": [r["name"] for r in first["per_image"]]}
         T.update_metadata(weights, quality=quality)
         click.echo(f"stored the results in {weights} (metadata `quality`)")

@@ -279,6 +279,12 @@ def describe(path):
     if metadata_flag(meta, "default_ensemble"):
         lines.append("  ensemble:    the runs see the latent in four orientations (used when --ensemble / "
                      "--no-ensemble is not given)")
+    if meta.get("default_prior") not in (None, "", "none"):
+        lines.append(f"  prior:       the runs start from the {meta['default_prior']} estimate's latent at "
+                     f"t = {meta.get('default_prior_t', 0.5)} T (used when --prior is not given)")
+    if metadata_flag(meta, "default_recompose"):
+        lines.append("  recompose:   the output is rebuilt from the input with the transmission it implies "
+                     "(used when --recompose / --no-recompose is not given)")
     if meta.get("noise_tile"):
         lines.append(f"  noise tile:  {meta['noise_tile']} latent units, overlap {meta.get('noise_overlap', 'default')} "
                      "(the training crop; --mode auto evaluates the noise network on such tiles)")
