@@ -46,11 +46,13 @@ if has finetune; then
   cp "$STATE/dehaze_ftE.safetensors" "$STATE/dehaze.safetensors"
 fi
 
-# Sampling defaults stored in the file (used when --sampler / --samples are not given): the
-# probability-flow ODE, and the mean of 4 runs' final latents (chosen in session 4), the runs in four
-# orientations of the latent (session 6; see weights/dehaze.md).
+# Restoration defaults stored in the file (used when the options are not given): the probability-flow
+# ODE, and the mean of 4 runs' final latents (chosen in session 4), the runs in four orientations of the
+# latent (session 6), each starting at t = 0.5 T from the dark channel prior's latent, and the output
+# recomposed with the input (session 7; see weights/dehaze.md).
 has eval && python -c 'import sys; from tilediff.train import update_metadata
-update_metadata(sys.argv[1], default_sampler="ode", default_samples=4, default_ensemble=True)' "$STATE/dehaze.safetensors"
+update_metadata(sys.argv[1], default_sampler="ode", default_samples=4, default_ensemble=True,
+                default_prior="dcp", default_prior_t=0.5, default_recompose=True)' "$STATE/dehaze.safetensors"
 
 # Evaluation on photos never seen in training (4 held-out scikit-image photos + matplotlib's grace_hopper),
 # three haze densities × seeds 0-2; --store writes the means into the model file.
