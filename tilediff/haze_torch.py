@@ -91,4 +91,5 @@ def haze_recompose(hazy, restored, ls_radius=LS_RADIUS, radius=None, eps=EPS, t_
 
 
 def to_device_rgb(rgb: np.ndarray, device) -> torch.Tensor:
+    """An HxWx3 array as a float32 tensor on ``device`` (what the functions above take)."""
     return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).to(device)
