@@ -6,8 +6,8 @@ from scipy import ndimage
 from tilediff.baselines import dark_channel, estimate_airlight
 from tilediff.degrade import add_haze, smooth_depth
 from tilediff.metrics import psnr
-from tilediff.baselines import airlight_of
-from tilediff.recompose import default_radius, haze_recompose, transmission_from_pair
+from tilediff.baselines import airlight_of, default_radius
+from tilediff.recompose import haze_recompose, transmission_from_pair
 
 from test_degrade_metrics import colourful_image
 

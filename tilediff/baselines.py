@@ -32,6 +32,7 @@ __all__ = [
     "dark_channel_prior",
     "by_bands",
     "airlight_of",
+    "default_radius",
 ]
 
 BAND_ROWS = 512   # rows per band for the banded computations (plus their halo above and below)
@@ -95,6 +96,12 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.
     return out
 
 
+def default_radius(h: int, w: int) -> int:
+    """The guided-filter radius for an h x w image: the paper's 60 for ~600 px images, min(h, w)/10
+    in [4, 60]."""
+    return int(np.clip(round(min(h, w) / 10.0), 4, 60))
+
+
 def by_bands(h: int, halo: int, band_rows: int, compute, out: np.ndarray) -> np.ndarray:
     """Fill ``out[r0:r1]`` band by band with ``compute(a0, a1)[r0 - a0 : r1 - a0]``, where rows a0..a1
     are the band grown by ``halo`` rows each side (clipped to the image). Exact for any computation
@@ -148,7 +155,7 @@ def dark_channel_prior(
         raise ValueError(f"expected an H x W x 3 image, got shape {img.shape}")
     h, w = img.shape[:2]
     if radius is None:
-        radius = int(np.clip(round(min(h, w) / 10.0), 4, 60))
+        radius = default_radius(h, w)
 
     airlight = airlight_of(img, patch, top_fraction, band_rows)
     a32 = airlight.astype(np.float32)

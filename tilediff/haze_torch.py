@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .baselines import _GRAY, BAND_ROWS, by_bands
-from .recompose import EPS, LS_RADIUS, T_MIN, default_radius
+from .baselines import _GRAY, BAND_ROWS, by_bands, default_radius
+from .recompose import EPS, LS_RADIUS, T_MIN
 
 
 def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:

@@ -23,16 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .baselines import _GRAY, BAND_ROWS, airlight_of, box_mean, by_bands, guided_filter
+from .baselines import _GRAY, BAND_ROWS, airlight_of, box_mean, by_bands, default_radius, guided_filter
 
 LS_RADIUS = 15     # the least-squares window radius (31 × 31 pixels)
 EPS = 1e-3         # guided-filter regularisation (the dark channel prior's)
 T_MIN = 0.1        # lower bound of the transmission (the dark channel prior's t0)
-
-
-def default_radius(h: int, w: int) -> int:
-    """The guided-filter radius the dark channel prior uses for an h × w image: min(h, w)/10 in [4, 60]."""
-    return int(np.clip(round(min(h, w) / 10.0), 4, 60))
 
 
 def transmission_from_pair(hazy, restored, air, ls_radius=LS_RADIUS):
@@ -49,7 +44,7 @@ def haze_recompose(hazy, restored, *, air=None, ls_radius=LS_RADIUS, radius=None
     """Rebuild the dehazed image from ``hazy`` with the transmission ``restored`` implies (module doc).
 
     ``hazy`` and ``restored``: H × W × 3 float arrays in [0, 1] of the same size. ``air`` (an RGB
-    3-vector) is estimated from ``hazy`` when None; ``radius`` defaults to ``default_radius``.
+    3-vector) is estimated from ``hazy`` when None; ``radius`` defaults to ``baselines.default_radius`` (the dark channel prior's).
     Returns the float32 H × W × 3 result (and ``{"airlight", "transmission"}`` with ``return_info``).
     """
     hazy = np.asarray(hazy, dtype=np.float32)

@@ -185,7 +185,8 @@ class Restorer:
             start = time.perf_counter()
             prior_x = self._tensor(PRIORS[prior][1](self._input_rgb(x), self.device))
             prior_seconds = time.perf_counter() - start
-            start_step = max(1, min(steps or self.model.sde["T"], round(prior_t * (steps or self.model.sde["T"]))))
+            total_steps = steps or self.model.sde["T"]
+            start_step = max(1, min(total_steps, round(prior_t * total_steps)))
         options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
                                  memory_budget=memory_budget, precision=self.precision, progress=progress,
                                  compressor_tile=compressor_tile, batch=batch, cuda_graphs=cuda_graphs,
