@@ -163,7 +163,7 @@ class Timer:
 
 def graph_replay(fn):
     """fn captured once in a CUDA graph (as the sampler captures a step); returns the replay callable."""
-    from tilediff.cuda_graphs import capture_graph
+    from tilediff.engine.cuda_graphs import capture_graph
     with torch.inference_mode():
         graph, _ = capture_graph(fn, torch.device("cuda", torch.cuda.current_device()))
     return graph.replay
@@ -747,7 +747,7 @@ def bench_network(args, dev, timer, deadline, results, compile_phase=False):
                             os.environ["TILEDIFF_KERNELS"] = "1"
                         run["kernels_rel_err"] = rel_err(out_k, out_e)
                         try:   # the same forward captured once as a CUDA graph (as the sampler does)
-                            from tilediff.cuda_graphs import GraphedNoise
+                            from tilediff.engine.cuda_graphs import GraphedNoise
                             graphed = GraphedNoise(lambda xx, tt: net(xx, cond, tt), dev)
                             with torch.inference_mode():
                                 run["graph_rel_err"] = rel_err(graphed(x, 50), out_k)

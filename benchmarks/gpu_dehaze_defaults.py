@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 import tilediff
-from tilediff import haze_torch
-from tilediff.baselines import dark_channel_prior
-from tilediff.degrade import add_haze
+from tilediff.tasks.dehaze import torch_ops as haze_torch
+from tilediff.tasks.dehaze.dcp import dark_channel_prior
+from tilediff.tasks.dehaze.haze import add_haze
 from tilediff.io import read_image
-from tilediff.metrics import psnr
-from tilediff.recompose import haze_recompose
+from tilediff.training.metrics import psnr
+from tilediff.tasks.dehaze.recompose import haze_recompose
 from tilediff.restorer import Restorer, to_float_rgb
 
 

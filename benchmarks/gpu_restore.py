@@ -52,9 +52,10 @@ def timed(fn, device, repeat=5):
 
 def step_parts(model, x, args, device, out_dir):
     """Time the parts of one sampler step on the real latent canvas (ms), then profile 3 steps."""
-    from tilediff import engine, sde
-    from tilediff.cuda_graphs import GraphedNoise
-    from tilediff.noise import PositionalNoise
+    from tilediff import engine
+    from tilediff import sde
+    from tilediff.engine.cuda_graphs import GraphedNoise
+    from tilediff.engine.rng import PositionalNoise
     dtype = engine.DTYPES[args.precision]
     h, w = x.shape[-2] // 8, x.shape[-1] // 8
     mu = torch.randn(1, model.noise_config["img_channel"], h, w, generator=torch.Generator().manual_seed(1)).to(device)

@@ -101,7 +101,7 @@ def measure(spec):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
-    from tilediff import host_memory
+    from tilediff.engine import host_memory
     result = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
               "host_allocator": host_memory.configure()}
 
@@ -216,7 +216,8 @@ def _source_hashes():
     """Hashes of the engine sources this process imported (the engine may change between runs)."""
     import hashlib
 
-    from tilediff import engine, tiled_compressor
+    from tilediff import engine
+    from tilediff.engine import tiled_compressor
     hashes = {}
     for module in (engine, tiled_compressor):
         with open(module.__file__, "rb") as f:

@@ -4,9 +4,9 @@
 """
 import sys, json, torch, numpy as np
 torch.set_num_threads(int(sys.argv[1]))
-from tilediff.train import read_rgb, list_images, haze_for_eval
-from tilediff.metrics import psnr
-from tilediff.baselines import dark_channel_prior
+from tilediff.training import read_rgb, list_images, haze_for_eval
+from tilediff.training.metrics import psnr
+from tilediff.tasks.dehaze.dcp import dark_channel_prior
 from tilediff.restorer import Restorer
 models = sys.argv[3:]
 folder = sys.argv[2]

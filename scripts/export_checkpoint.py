@@ -8,7 +8,7 @@ a stage-1 file or a model file whose compressor the run used, e.g. when fine-tun
 import argparse
 import json
 
-from tilediff import train as T
+from tilediff import training as T
 from tilediff.tasks import get_task
 from tilediff.weights import save_model
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import skimage.data
 
-from tilediff.degrade import add_haze
+from tilediff.tasks.dehaze.haze import add_haze
 
 out = Path(__file__).resolve().parents[1] / "tilediff" / "data"
 out.mkdir(parents=True, exist_ok=True)

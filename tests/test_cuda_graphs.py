@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tilediff import engine
-from tilediff.cuda_graphs import GraphedNoise, graphs_available
+from tilediff.engine.cuda_graphs import GraphedNoise, graphs_available
 from tilediff.models import build
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from tilediff.baselines import box_mean, dark_channel, dark_channel_prior, guided_filter
-from tilediff.degrade import (
+from tilediff.tasks.dehaze.dcp import box_mean, dark_channel, dark_channel_prior, guided_filter
+from tilediff.tasks.dehaze.haze import (
     AIRLIGHT_GRAY_RANGE,
     AIRLIGHT_TINT,
     BETA_RANGES,
@@ -16,7 +16,7 @@ from tilediff.degrade import (
     random_haze_params,
     smooth_depth,
 )
-from tilediff.metrics import gaussian_window, psnr, ssim
+from tilediff.training.metrics import gaussian_window, psnr, ssim
 
 
 # ----------------------------------------------------------------------------- test images

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tilediff import engine
-from tilediff.noise import PositionalNoise, PrefetchingNoise, region_noise
+from tilediff.engine.rng import PositionalNoise, PrefetchingNoise, region_noise
 from tilediff.restorer import Restorer
-from tilediff.tiled_compressor import TiledCompressor
+from tilediff.engine.tiled_compressor import TiledCompressor
 from tilediff.tiling import blend_window, grid, partition, tile_starts
 from tilediff.weights import convert
 
@@ -205,7 +205,7 @@ def test_out_of_memory_halves_the_tiles_and_retries(zero_noise_restorer, monkeyp
 
 def test_several_samples_average_the_final_latents_of_independent_runs(golden_dir, tmp_path):
     from tilediff import sde
-    from tilediff.noise import START_STEP
+    from tilediff.engine.rng import START_STEP
     path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
                    output=tmp_path / "m.safetensors")
     r = Restorer("dehaze", weights=path)
@@ -241,7 +241,7 @@ def test_ensemble_runs_the_samples_in_four_orientations(golden_dir, tmp_path):
     stream k on that canvas, and its final latent is turned back before the average (non-square
     latent, so a missing or wrong inverse fails)."""
     from tilediff import sde
-    from tilediff.noise import START_STEP
+    from tilediff.engine.rng import START_STEP
     path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
                    output=tmp_path / "m.safetensors")
     r = Restorer("dehaze", weights=path)
@@ -277,8 +277,8 @@ def test_prior_start_refines_the_latent_of_a_classic_estimate(golden_dir, tmp_pa
     """prior='dcp': each run starts at round(prior_t × T) from the forward process around the latent of
     the dark-channel-prior image (in the run's orientation) and takes only those steps."""
     from tilediff import sde
-    from tilediff.baselines import dark_channel_prior
-    from tilediff.noise import START_STEP
+    from tilediff.tasks.dehaze.dcp import dark_channel_prior
+    from tilediff.engine.rng import START_STEP
     path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
                    output=tmp_path / "m.safetensors")
     r = Restorer("dehaze", weights=path)

@@ -1,4 +1,4 @@
-"""tilediff's networks and IR-SDE reproduce the reference implementation (../shared/golden)."""
+"""tilediff's networks and IR-SDE reproduce the reference implementation (tests/golden)."""
 import json
 
 import pytest

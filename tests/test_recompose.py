@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tilediff.baselines import dark_channel, estimate_airlight
-from tilediff.degrade import add_haze, smooth_depth
-from tilediff.metrics import psnr
-from tilediff.baselines import airlight_of, default_radius
-from tilediff.recompose import haze_recompose, transmission_from_pair
+from tilediff.tasks.dehaze.dcp import dark_channel, estimate_airlight
+from tilediff.tasks.dehaze.haze import add_haze, smooth_depth
+from tilediff.training.metrics import psnr
+from tilediff.tasks.dehaze.dcp import airlight_of, default_radius
+from tilediff.tasks.dehaze.recompose import haze_recompose, transmission_from_pair
 
 from test_degrade_metrics import colourful_image
 
@@ -67,7 +67,7 @@ def test_restorer_recomposes_its_own_output_on_request_or_by_the_file_default(go
     """restore(recompose=True) is haze_recompose(input, restore(recompose=False)); the model file's
     default_recompose switches it on; other tasks refuse it."""
     from tilediff.restorer import Restorer
-    from tilediff.train import update_metadata
+    from tilediff.training import update_metadata
     from tilediff.weights import convert
     path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
                    output=tmp_path / "m.safetensors")
@@ -94,8 +94,8 @@ def test_restorer_recomposes_its_own_output_on_request_or_by_the_file_default(go
 def test_torch_versions_match_numpy(scene):
     """haze_torch (the GPU path) computes what baselines / recompose compute, in bands too."""
     import torch
-    from tilediff import haze_torch
-    from tilediff.baselines import box_mean, dark_channel_prior, guided_filter
+    from tilediff.tasks.dehaze import torch_ops as haze_torch
+    from tilediff.tasks.dehaze.dcp import box_mean, dark_channel_prior, guided_filter
     clean, hazy, _ = scene
     restored = np.clip(ndimage.gaussian_filter(clean, (1.5, 1.5, 0)) * 1.05, 0, 1).astype(np.float32)
     th, tr = torch.from_numpy(hazy), torch.from_numpy(restored)

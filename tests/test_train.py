@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from tilediff import sde
-from tilediff import train as T
+from tilediff import training as T
 from tilediff.restorer import Restorer
 from tilediff.weights import load_model, read_metadata
 
@@ -132,7 +132,7 @@ def test_eval_reports_per_image_and_mean(folder, tmp_path):
 
 
 def test_cli_train_and_eval(folder, tmp_path):
-    from tilediff.train_cli import eval_cmd, train_cmd
+    from tilediff.cli.train import eval_cmd, train_cmd
     out = tmp_path / "m.safetensors"
     runner = CliRunner()
     args = ["--clean", str(folder), "--out", str(out), "--iters", "2", "--batch", "2", "--crop", "32",

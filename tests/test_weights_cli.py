@@ -133,7 +133,7 @@ def test_whole_image_restorer_matches_the_reference_pipeline(golden_net, dehaze_
     out = Restorer("dehaze", weights=dehaze_small).restore(image, steps=4, sampler="ode", seed=5, mode="whole")
     noise_net, compressor = golden_net("nafnet_latent_small"), golden_net("unet_dehaze")
     sch = sde.make_schedule(50, 4)
-    from tilediff.noise import PositionalNoise
+    from tilediff.engine.rng import PositionalNoise
     with torch.no_grad():
         x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
         mu, hidden = compressor.encode(x)
@@ -166,7 +166,7 @@ def test_shipped_dehaze_model_with_its_defaults_dehazes_the_bundled_example():
     from pathlib import Path
 
     import tilediff
-    from tilediff.metrics import psnr
+    from tilediff.training.metrics import psnr
     from tilediff.restorer import to_float_rgb
     from PIL import Image
     data = Path(tilediff.__file__).parent / "data"

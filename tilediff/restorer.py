@@ -48,19 +48,19 @@ def to_float_rgb(image):
 def _dark_channel_prior(rgb, device):
     """The dark channel prior of an HxWx3 array: numpy on the CPU, torch on a GPU (haze_torch)."""
     if device.type == "cuda":
-        from . import haze_torch
+        from .tasks.dehaze import torch_ops as haze_torch
         return haze_torch.dark_channel_prior(haze_torch.to_device_rgb(rgb, device)).cpu().numpy()
-    from .baselines import dark_channel_prior
+    from .tasks.dehaze.dcp import dark_channel_prior
     return dark_channel_prior(rgb)
 
 
 def _haze_recompose(hazy, restored, device):
     """recompose.haze_recompose of HxWx3 arrays: numpy on the CPU, torch on a GPU (haze_torch)."""
     if device.type == "cuda":
-        from . import haze_torch
+        from .tasks.dehaze import torch_ops as haze_torch
         return haze_torch.haze_recompose(haze_torch.to_device_rgb(hazy, device),
                                          haze_torch.to_device_rgb(restored, device)).cpu().numpy()
-    from .recompose import haze_recompose
+    from .tasks.dehaze.recompose import haze_recompose
     return haze_recompose(hazy, restored)
 
 

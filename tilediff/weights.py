@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from . import __version__
+from ._version import __version__
 from .io import new_file_mode
 from .models import ArchitectureError, build, count_parameters, infer, strip_prefix
 from .tasks import DEFAULT_TASK_FOR_VARIANT, get_task

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .baselines import _GRAY, BAND_ROWS, airlight_of, box_mean, by_bands, default_radius, guided_filter
+from .dcp import _GRAY, BAND_ROWS, airlight_of, box_mean, by_bands, default_radius, guided_filter
 
 LS_RADIUS = 15     # the least-squares window radius (31 × 31 pixels)
 EPS = 1e-3         # guided-filter regularisation (the dark channel prior's)

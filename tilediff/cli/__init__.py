@@ -2,11 +2,15 @@
 import sys
 from pathlib import Path
 
-import click
+from ..engine import host_memory
 
-from . import __version__
-from .sde import SAMPLERS
-from .tasks import TASKS
+host_memory.configure()   # a program, not a library: tune the allocator before torch loads (host_memory)
+
+import click  # noqa: E402
+
+from .._version import __version__  # noqa: E402
+from ..sde import SAMPLERS  # noqa: E402
+from ..tasks import TASKS  # noqa: E402
 
 
 class CliError(click.ClickException):
@@ -50,7 +54,7 @@ def tasks_cmd():
 @click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
 def info_cmd(model_file):
     """Print what a model file holds."""
-    from .weights import ModelFileError, describe
+    from ..weights import ModelFileError, describe
     try:
         click.echo(describe(model_file))
     except ModelFileError as e:
@@ -67,7 +71,7 @@ def info_cmd(model_file):
 @click.option("--description", default="", help="Free text stored in the metadata.")
 def convert_cmd(noise_checkpoint, compressor, task, output, description):
     """Convert reference .pth checkpoints into one tilediff model file."""
-    from .weights import ModelFileError, convert, describe
+    from ..weights import ModelFileError, convert, describe
     try:
         path = convert(noise_checkpoint, compressor, task=task, output=output, description=description)
     except ModelFileError as e:
@@ -125,7 +129,7 @@ def _header_size(path):
     """(height, width) from the file header only (no pixel decoding); raises ImageReadError."""
     from PIL import Image
     import tifffile
-    from .io import ImageReadError
+    from ..io import ImageReadError
     path = Path(path)
     try:
         if path.is_dir():
@@ -156,7 +160,7 @@ def _header_size(path):
 
 def _plan_text(restorer, sizes, options):
     """engine.make_plan(...).describe() for an image (a pair for stereo) of these (h, w) sizes."""
-    from . import engine
+    from .. import engine
     task = restorer.task
     if task.stereo and sizes[0] != sizes[1]:
         raise ValueError(f"left and right views differ in size: {sizes[0]} vs {sizes[1]}")
@@ -239,10 +243,10 @@ def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, sa
     written to tilediff_summary.json there. The exit status is 1 when any input failed, 130 when
     interrupted.
     """
-    from .batch import Job, default_out_dir, error_line, find_jobs, restore_folder, restore_job
-    from .io import output_path
-    from .restorer import Restorer
-    from .weights import ModelFileError
+    from ..batch import Job, default_out_dir, error_line, find_jobs, restore_folder, restore_job
+    from ..io import output_path
+    from ..restorer import Restorer
+    from ..weights import ModelFileError
 
     task_obj = TASKS[task]
     folders = [p for p in inputs if p.is_dir()]
@@ -255,7 +259,7 @@ def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, sa
         _fail("the bokeh task needs --src-lens, --tgt-lens and --disparity (lens names like "
               "Canon50mmf1.8BS → -18, Sony50mmf16.0BS → 160, as in the NTIRE 2023 meta files)")
     if task_obj.needs_lens:
-        from .tasks import lens_value
+        from ..tasks import lens_value
         try:
             lens_value(src_lens), lens_value(tgt_lens)
         except ValueError as e:
@@ -385,7 +389,7 @@ def restore_cmd(inputs, task, weights, output, out_dir, steps, sampler, seed, sa
 
 def _job_problem(job, inputs, written, overwrite):
     """Why a file job must not run (one line naming the file), or None."""
-    from .io import SUPPORTED_EXTENSIONS, is_image_file
+    from ..io import SUPPORTED_EXTENSIONS, is_image_file
     for src in job.inputs:
         if src.is_file() and not is_image_file(src):
             return (f"{src}: unsupported file type {src.suffix or '(no extension)'}: tilediff reads and writes "
@@ -437,7 +441,7 @@ def bench_cmd(args):
     this works from a source checkout, e.g. after `pip install -e .`.
     """
     import subprocess
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "__main__.py").exists():
         _fail(f"tilediff bench needs a source checkout: {root / 'benchmarks'} does not exist "
               "(clone the repository, `pip install -e .`, then run it again)")
@@ -450,7 +454,7 @@ def bench_cmd(args):
 # `tilediff train` and `tilediff eval` live in train_cli.py; they are registered here, guarded so that
 # restore/convert/info keep working where the training module (or its dependencies) is missing.
 try:
-    from .train_cli import eval_cmd, train_cmd
+    from .train import eval_cmd, train_cmd
 except ImportError:
     pass
 else:

@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
-from . import sde
+from .. import sde
 from .cuda_graphs import GraphedNoise, graphs_available
-from .host_memory import release_free_memory
-from .noise import START_STEP, PositionalNoise, PrefetchingNoise
+from . import host_memory
+from .rng import START_STEP, PositionalNoise, PrefetchingNoise
 from .tiled_compressor import TiledCompressor, encoder_halo, finest_decode_halo, is_out_of_memory
-from .tiling import blend_window, grid
+from ..tiling import blend_window, grid
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("auto", "whole", "tiled")
@@ -370,6 +370,7 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None, pri
             raise ValueError(f"the prior image's shape {tuple(prior.shape)} differs from the input's {tuple(x.shape)}")
         if options.start_step is None:
             raise ValueError("a prior image needs options.start_step")
+    host_memory.configure()   # the first restoration tunes the host allocator (host_memory)
     device = torch.device(device)
     dtype = DTYPES[options.precision]
     _, channels, h, w = x.shape
@@ -401,12 +402,12 @@ def restore_tensor(model, x, options, device=torch.device("cpu"), lens=None, pri
             mu = canvas.latent
         guess = None if prior is None else _encode_latent(model, prior, plan, device, dtype, report)
         timings["encode"] = time.perf_counter() - start
-        release_free_memory()
+        host_memory.release_free_memory()
 
         start = time.perf_counter()
         state = _sample_stage(model, mu, plan, options, device, dtype, lens, report, guess)
         timings["sample"] = time.perf_counter() - start
-        release_free_memory()
+        host_memory.release_free_memory()
 
         start = time.perf_counter()
         if model.compressor is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import sde as _sde
+from .. import sde as _sde
 
 
 def _ints(text):
@@ -97,8 +97,8 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
     tilediff train --task dehaze --clean photos/ --out dehaze.safetensors --compressor-iters 900 --noise-iters 8000
     tilediff train --task dehaze --lq hazy/ --gt clean/ --stage noise --compressor comp.safetensors -o model.safetensors
     """
-    from . import train as T
-    from .tasks import get_task
+    from .. import training as T
+    from ..tasks import get_task
     try:
         task_obj = get_task(task)
     except ValueError as e:
@@ -182,7 +182,7 @@ def eval_cmd(weights, clean, density, seed, steps, sampler, samples, ensemble, p
     One density and seed: a per-image table. Several (e.g. --density light,moderate,dense --seed 0,1,2):
     one row per density, each the mean over the images and seeds; --json keeps every per-image value.
     """
-    from . import train as T
+    from .. import training as T
     seeds = _ints(seed)
     try:
         densities = T.parse_densities(density)

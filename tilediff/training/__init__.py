@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 
-from . import sde
-from .models import build, count_parameters
-from .tasks import get_task
+from .. import sde
+from ..models import build, count_parameters
+from ..tasks import get_task
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 COMPRESSOR_FORMAT = "tilediff-compressor/1"
@@ -312,7 +312,7 @@ def augment_clean(img, rng, crop):
 
 def parse_densities(density):
     """'moderate' or a comma-separated mix such as 'light,moderate,dense' (each window draws one uniformly)."""
-    from .degrade import BETA_RANGES
+    from ..tasks.dehaze.haze import BETA_RANGES
     names = [d.strip() for d in str(density).split(",") if d.strip()]
     bad = [d for d in names if d not in BETA_RANGES]
     if not names or bad:
@@ -321,7 +321,7 @@ def parse_densities(density):
 
 
 def add_haze_safe(clean, rng, density):
-    from .degrade import add_haze
+    from ..tasks.dehaze.haze import add_haze
     return add_haze(clean, rng, density=density)
 
 
@@ -527,7 +527,7 @@ def _set_threads(cfg):
 
 def drop_skips(hidden, p):
     """Zero all skip features of a random fraction ``p`` of the batch (the same samples at every level)."""
-    from .models.compressor import Skips
+    from ..models.compressor import Skips
     keep = (torch.rand(hidden[0].shape[0], 1, 1, 1) >= p).to(hidden[0].dtype)
     out = Skips(h * keep for h in hidden)
     out.image_size = getattr(hidden, "image_size", None)
@@ -651,7 +651,7 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
 
 def load_noise_init(path, net):
     """Start the noise network from the one in model file ``path`` (fine-tuning); returns its description."""
-    from .weights import load_model
+    from ..weights import load_model
     model = load_model(path)
     try:
         net.load_state_dict(model.noise.state_dict(), strict=True)
@@ -672,7 +672,7 @@ def _commands(*entries):
 
 def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=None, quality=None):
     """Stage 2. Writes the complete model file (noise network + its compressor) to ``out``."""
-    from .weights import save_model
+    from ..weights import save_model
     _set_threads(cfg)
     source = source or source_for(cfg)
     compressor, comp_config, comp_training = load_compressor(compressor_path)
@@ -731,7 +731,7 @@ def train(cfg: TrainConfig, out, stage="both", resume=False):
 
 def update_metadata(path, **fields):
     """Rewrite a model file with extra metadata fields (e.g. ``quality`` after an evaluation)."""
-    from .weights import save_model, read_metadata
+    from ..weights import save_model, read_metadata
     meta = read_metadata(path)
     tensors = load_file(str(path))
     noise = {k[6:]: v for k, v in tensors.items() if k.startswith("noise.")}
@@ -749,7 +749,7 @@ def update_metadata(path, **fields):
 
 def haze_for_eval(clean, name, seed=0, density="moderate"):
     """Deterministic haze for one evaluation image, keyed by (seed, file name)."""
-    from .degrade import add_haze
+    from ..tasks.dehaze.haze import add_haze
     rng = np.random.default_rng([int(seed), zlib.crc32(str(name).encode())])
     return add_haze(clean, rng, density=density)
 
@@ -764,9 +764,9 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
     defaults. Returns a dict with ``per_image`` (name, size, mean transmission, psnr/ssim of hazy, dcp
     and output, seconds) and ``mean``.
     """
-    from .baselines import dark_channel_prior
+    from ..tasks.dehaze.dcp import dark_channel_prior
     from .metrics import psnr, ssim
-    from .restorer import Restorer
+    from ..restorer import Restorer
     if threads:
         torch.set_num_threads(int(threads))
     images = _eval_images(images)
@@ -831,7 +831,7 @@ def evaluate_grid(weights, images, densities=("moderate",), seeds=(0,), save_roo
     """``evaluate`` for every (density, seed); returns ``runs`` (each evaluate result) and ``summary``:
     per density, the mean over images × seeds of every PSNR / SSIM column. Images go to
     ``save_root/DENSITY_seedN`` when ``save_root`` is given."""
-    from .restorer import Restorer
+    from ..restorer import Restorer
     images = _eval_images(images)
     restorer = Restorer(weights=weights, device="cpu")
     runs, summary = [], {}

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models.compressor import reflect_index
-from .tiling import partition
+from ..models.compressor import reflect_index
+from ..tiling import partition
 
 
 # Host canvases are channels-last like the tiles, so that slicing a region out of them and storing a

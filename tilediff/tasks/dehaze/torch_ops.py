@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .baselines import _GRAY, BAND_ROWS, by_bands, default_radius
+from .dcp import _GRAY, BAND_ROWS, by_bands, default_radius
 from .recompose import EPS, LS_RADIUS, T_MIN
 
 

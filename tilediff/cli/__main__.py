@@ -1,0 +1,4 @@
+"""python -m tilediff.cli: the same as the tilediff command."""
+from . import main
+
+main()
