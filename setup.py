@@ -22,6 +22,7 @@ setup(
         "numpy",
         "scipy",
         "tifffile",
+        "imagecodecs",       # 16-bit colour PNG, and tifffile's LZW, zstd and other TIFF codecs
         "pillow",
         "einops",
         "safetensors",
@@ -33,6 +34,7 @@ setup(
         "test": ["pytest"],
         "bench": ["matplotlib"],
         "train": ["scikit-image"],
+        "cluster": ["ray"],   # --ray: ray.init, actors and the `ray start` / `ray status` commands (core Ray)
     },
     entry_points={"console_scripts": ["tilediff=tilediff.cli:main"]},
 )

@@ -5,7 +5,7 @@
 1. Correctness: the bundled example (held-out rocket photo, moderate haze) restored on the GPU in fp32
    with the file's defaults (ODE × 4 in four orientations, dark-channel-prior start at t = 0.5 T,
    recomposition) against the same on the CPU, and both against the clean photo (PSNR dB).
-2. The GPU versions of the dark channel prior and the recomposition (tilediff.haze_torch) against the
+2. The GPU versions of the dark channel prior and the recomposition (tilediff.tasks.dehaze.torch_ops) against the
    numpy ones at the full size: max abs difference and seconds of each (device synchronised).
 3. Full restorations at --size (the example photo tiled and hazed): the file's defaults, then without
    prior and recomposition (100 steps × 4 runs), median of --repeat after a warm-up, seconds per stage.

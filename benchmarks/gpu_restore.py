@@ -110,13 +110,14 @@ def step_parts(model, x, args, device, out_dir):
 
 def run_once(model, x, args, device, cuda_graphs, steps=None):
     from tilediff import engine
+    from tilediff.options import RestoreOptions
     stats = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    engine.restore_tensor(model, x, engine.Options(steps=steps or args.steps, precision=args.precision, stats=stats,
-                                                cuda_graphs=cuda_graphs), device)
+    options = RestoreOptions(steps=steps or args.steps, precision=args.precision, cuda_graphs=cuda_graphs)
+    engine.restore_tensor(model, x, options, device, stats=stats)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row = {"seconds": {k: round(v, 2) for k, v in stats["seconds"].items()},

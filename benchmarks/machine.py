@@ -1,5 +1,6 @@
 """What the benchmark ran on: host, CPU, memory, device, library versions; a slug for file names."""
 import datetime as _dt
+import hashlib
 import os
 import platform
 import re
@@ -89,7 +90,6 @@ def machine_info(device):
 def code_version(repo):
     """The commit, whether the work tree differs from it, and hashes of the engine's source files
     (the engine changes often: results are only comparable for the same hashes)."""
-    import hashlib
     import subprocess
     info = {}
     try:
@@ -99,12 +99,19 @@ def code_version(repo):
                                             capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
-    for name in ("engine.py", "tiled_compressor.py", "tiling.py", "sde.py"):
-        path = os.path.join(repo, "tilediff", name)
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                info[name] = hashlib.sha256(f.read()).hexdigest()[:12]
+    info.update(source_hashes(repo))
     return info
+
+
+def source_hashes(repo):
+    """Short SHA-256 of each source the timings depend on: the engine package, tiling and the SDE."""
+    root = os.path.join(repo, "tilediff")
+    names = [os.path.join("engine", n) for n in sorted(os.listdir(os.path.join(root, "engine"))) if n.endswith(".py")]
+    hashes = {}
+    for name in names + ["tiling.py", "sde.py"]:
+        with open(os.path.join(root, name), "rb") as f:
+            hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
+    return hashes
 
 
 def timestamp():

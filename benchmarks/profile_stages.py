@@ -75,12 +75,14 @@ def profile_mode(model, x, mode, budget, steps):
     # the engine reports a tile after running it: start in 'encode'; the first report of the
     # sampler moves the count on to the decoder
     meter.stage = "encode"
-    options = engine.Options(steps=steps, mode=mode, memory_budget=budget, progress=meter.progress)
+    from tilediff.options import RestoreOptions
+    options = RestoreOptions(steps=steps, mode=mode, memory_budget=budget, progress=meter.progress)
+    stats = {}
     start = time.perf_counter()
-    engine.restore_tensor(model, x, options)
+    engine.restore_tensor(model, x, options, stats=stats)
     total = time.perf_counter() - start
     meter.close()
-    return {"seconds": dict(options.stats["seconds"]), "total": total, "plan": options.stats["plan"].describe(),
+    return {"seconds": dict(stats["seconds"]), "total": total, "plan": stats["plan"].describe(),
             "macs": {f"{s}|{p}": v for (s, p), v in meter.macs.items()},
             "conv_seconds": {f"{s}|{p}": v for (s, p), v in meter.seconds.items()},
             "calls": {f"{s}|{p}": v for (s, p), v in meter.calls.items()}}

@@ -52,16 +52,17 @@ def test_image(h, w, seed=0):
 
 def seams(args):
     from tilediff import engine
+    from tilediff.options import RestoreOptions
     from tilediff.tiling import grid
     h, w = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         model = golden_model(tmp)
         x = torch.from_numpy(test_image(h, w).transpose(2, 0, 1).copy())[None]
         common = dict(steps=args.steps, sampler=args.sampler, seed=1)
-        whole = engine.restore_tensor(model, x, engine.Options(mode="whole", **common))
+        whole = engine.restore_tensor(model, x, RestoreOptions(mode="whole", **common))
         stats = {}
-        tiled = engine.restore_tensor(model, x, engine.Options(mode="tiled", tile=args.tile, overlap=args.overlap,
-                                                               stats=stats, **common))
+        tiled = engine.restore_tensor(model, x, RestoreOptions(mode="tiled", tile=args.tile, overlap=args.overlap,
+                                                               **common), stats=stats)
     mse = torch.mean((tiled - whole) ** 2).item()
     psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
     plan = stats["plan"]
@@ -94,15 +95,16 @@ def seams(args):
 
 def memory(args):
     from tilediff import engine
+    from tilediff.options import RestoreOptions
     h, w = parse_size(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         model = golden_model(tmp)
     x = torch.from_numpy(test_image(h, w).transpose(2, 0, 1).copy())[None]
     stats = {}
-    opts = engine.Options(steps=args.steps, mode=args.mode, stats=stats,
+    opts = RestoreOptions(steps=args.steps, mode=args.mode,
                           memory_budget=parse_bytes(args.budget) if args.budget else None)
     start = time.perf_counter()
-    out = engine.restore_tensor(model, x, opts)
+    out = engine.restore_tensor(model, x, opts, stats=stats)
     total = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(stats["plan"].describe())

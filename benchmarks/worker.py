@@ -95,6 +95,7 @@ def measure(spec):
 
     from tilediff import engine
     from tilediff.io import read_image, write_image
+    from tilediff.options import RestoreOptions
     from tilediff.weights import load_model
 
     if spec.get("threads"):
@@ -110,7 +111,7 @@ def measure(spec):
                   tile=spec.get("tile"), overlap=spec.get("overlap"), mode=spec["mode"],
                   memory_budget=spec.get("memory_budget"), precision=spec.get("precision", "fp32"))
         kw.update(overrides)
-        return engine.Options(**kw)
+        return RestoreOptions(**kw)
 
     result["code"] = _source_hashes()
     t0 = time.perf_counter()
@@ -154,9 +155,9 @@ def measure(spec):
         marks["read"] = time.perf_counter()
         cpu["read"] = time.process_time() - cpu_start
 
-        opts = options()
+        opts, stats = options(), {}
         c0 = time.process_time()
-        out = engine.restore_tensor(model, x, opts, device)
+        out = engine.restore_tensor(model, x, opts, device, stats=stats)
         if cuda:
             torch.cuda.synchronize(device)
         marks["engine"] = time.perf_counter()
@@ -172,7 +173,7 @@ def measure(spec):
     finally:
         sampler.stop()
 
-    engine_seconds = opts.stats.get("seconds", {})
+    engine_seconds = stats.get("seconds", {})
     seconds["read"] = marks["read"] - start
     for stage in ("encode", "sample", "decode"):
         seconds[stage] = float(engine_seconds.get(stage, float("nan")))
@@ -191,7 +192,7 @@ def measure(spec):
     for stage in ("encode", "sample", "decode"):     # sampled: ± 20 ms at each end
         cpu[stage] = sampler.cpu_between(*windows[stage])
 
-    plan = opts.stats.get("plan")
+    plan = stats.get("plan")
     result.update({
         "status": "ok",
         "seconds": seconds,
@@ -214,15 +215,9 @@ def measure(spec):
 
 def _source_hashes():
     """Hashes of the engine sources this process imported (the engine may change between runs)."""
-    import hashlib
-
-    from tilediff import engine
-    from tilediff.engine import tiled_compressor
-    hashes = {}
-    for module in (engine, tiled_compressor):
-        with open(module.__file__, "rb") as f:
-            hashes[os.path.basename(module.__file__)] = hashlib.sha256(f.read()).hexdigest()[:12]
-    return hashes
+    import tilediff
+    from benchmarks.machine import source_hashes
+    return source_hashes(os.path.dirname(os.path.dirname(tilediff.__file__)))
 
 
 def _plan_fields(plan):

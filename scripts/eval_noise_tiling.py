@@ -4,7 +4,8 @@
 """
 import sys, json, torch, numpy as np
 torch.set_num_threads(int(sys.argv[1]))
-from tilediff.training import read_rgb, list_images, haze_for_eval
+from tilediff.io import read_image
+from tilediff.training import list_images, haze_for_eval
 from tilediff.training.metrics import psnr
 from tilediff.tasks.dehaze.dcp import dark_channel_prior
 from tilediff.restorer import Restorer
@@ -12,7 +13,7 @@ models = sys.argv[3:]
 folder = sys.argv[2]
 seeds = [0, 1, 2]
 configs = [("whole", {}), ("t32o16", dict(mode="tiled", tile=32, overlap=16))]
-imgs = [(p.name, read_rgb(p)) for p in list_images(folder)]
+imgs = [(p.name, read_image(p).rgb) for p in list_images(folder)]
 hazy = {(n, s): haze_for_eval(c, n, s, "moderate")[0] for n, c in imgs for s in seeds}
 res = {"hazy": [psnr(hazy[(n, s)], c) for n, c in imgs for s in seeds],
        "dcp": [psnr(dark_channel_prior(hazy[(n, s)]), c) for n, c in imgs for s in seeds]}

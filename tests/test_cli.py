@@ -59,8 +59,9 @@ def identity_restore(monkeypatch):
     """Replace the network by an identity; returns the list of (restorer, image, options) calls."""
     calls = []
 
-    def restore(self, image, **options):
-        calls.append((self, image, options))
+    def restore(self, image, options=None, **changes):
+        resolved = self.options(options, **changes)
+        calls.append((self, image, dict(resolved.as_json(), progress=resolved.progress)))
         if isinstance(image, tuple):
             return tuple(np.asarray(v, dtype=np.float32) for v in image)
         return np.asarray(image, dtype=np.float32)
@@ -186,11 +187,11 @@ def test_wrong_task_weights_missing_weights_and_bad_options(dehaze_model, tmp_pa
         (["--task", "deshadow", "--weights", dehaze_model], "for task dehaze, not deshadow"),
         (["--task", "dehaze", "--weights", tmp_path / "missing.safetensors"], "missing.safetensors"),
         (["--task", "dehaze", "--weights", dehaze_model, "--device", "tpu9"], "--device"),
-        (["--task", "dehaze", "--weights", dehaze_model, "--memory-budget", "lots"], "memory budget"),
+        (["--task", "dehaze", "--weights", dehaze_model, "--memory-budget", "lots"], "--memory-budget: cannot read"),
         (["--task", "dehaze", "--weights", dehaze_model, "--compression", "gzip9"], "--compression"),
         (["--task", "dehaze", "--weights", dehaze_model, "-o", tmp_path / "x.png", src], "-o/--output"),
-        (["--task", "deshadow", "--weights", dehaze_model, "--recompose"], "dehazing only"),
-        (["--task", "deshadow", "--weights", dehaze_model, "--prior", "dcp"], "dehazing only"),
+        (["--task", "deshadow", "--weights", dehaze_model, "--recompose"], "--recompose applies to dehaze only"),
+        (["--task", "deshadow", "--weights", dehaze_model, "--prior", "dcp"], "--prior applies to dehaze only"),
     ]:
         result = restore(src, *args)
         assert result.exit_code == 1, result.output
@@ -207,7 +208,7 @@ def test_bokeh_refuses_to_run_without_lens_flags(tmp_path):
         result = restore(src, "--task", "bokeh", "--weights", tmp_path / "any.safetensors",
                          *[v for kv in flags.items() for v in kv])
         assert result.exit_code == 1
-        assert "needs --src-lens, --tgt-lens and --disparity" in result.stderr
+        assert "needs --src-lens, --tgt-lens and --disparity" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     result = restore(src, "--task", "bokeh", "--weights", tmp_path / "any.safetensors", "--src-lens", "Nikon50mmf2",
                      "--tgt-lens", "-18", "--disparity", "1")
@@ -284,7 +285,7 @@ def test_full_disk_leaves_no_partial_output_and_the_input_untouched(dehaze_model
     def full_disk(fh, samples, **kw):
         fh.write(b"\x89PNG partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(tio, "_write_png", full_disk)
+    monkeypatch.setattr(tio.png, "write_png", full_disk)
     result = restore(src, "--task", "dehaze", "--weights", dehaze_model, "--out-dir", tmp_path / "out")
     assert result.exit_code == 1
     assert error_lines(result) == [line for line in result.stderr.splitlines() if line.strip()][-1:]
@@ -445,7 +446,7 @@ def test_sigint_leaves_no_partial_output(dehaze_model, tmp_path):
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "tilediff.cli", "restore", str(tmp_path / "a.png"), "--task",
-                                 "dehaze", "--weights", str(dehaze_model), "--steps", "100000", "--out-dir", str(out)],
+                                 "dehaze", "--weights", str(dehaze_model), "--samples", "1000", "--out-dir", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
         try:

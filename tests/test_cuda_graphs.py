@@ -9,6 +9,7 @@ import torch
 from tilediff import engine
 from tilediff.engine.cuda_graphs import GraphedNoise, graphs_available
 from tilediff.models import build
+from tilediff.options import RestoreOptions
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -46,7 +47,7 @@ def test_cpu_restoration_ignores_the_option():
     for graphs in (True, False):
         stats = {}
         with torch.no_grad():
-            outs.append(engine.restore_tensor(model, x, engine.Options(steps=3, cuda_graphs=graphs, stats=stats)))
+            outs.append(engine.restore_tensor(model, x, RestoreOptions(steps=3, cuda_graphs=graphs), stats=stats))
         assert stats["cuda_graph"] == {"used": False, "captures": 0, "replays": 0}
     assert torch.equal(outs[0], outs[1])
     assert outs[0].std() > 0.01      # a real restoration, not an empty canvas
@@ -83,11 +84,11 @@ def test_graphed_restoration_equals_eager(mode):
     outs, infos = [], []
     for graphs in (False, True):
         stats = {}
-        opts = engine.Options(steps=12, sampler="sde", cuda_graphs=graphs, stats=stats,
+        opts = RestoreOptions(steps=12, sampler="sde", cuda_graphs=graphs,
                               mode="tiled" if mode == "tiled" else "auto", tile=16 if mode == "tiled" else None,
                               overlap=4 if mode == "tiled" else None)
         with torch.no_grad():
-            outs.append(engine.restore_tensor(model, x, opts, device))
+            outs.append(engine.restore_tensor(model, x, opts, device, stats=stats))
         infos.append(stats["cuda_graph"])
     assert infos[1]["used"] and infos[1]["captures"] == 1 and infos[1]["replays"] == 12
     assert not infos[0]["used"]

@@ -1,4 +1,4 @@
-"""Tests for tilediff.degrade (synthetic haze), tilediff.metrics (PSNR/SSIM) and
+"""Tests for tilediff.tasks.dehaze.haze (synthetic haze), tilediff.training.metrics (PSNR/SSIM) and
 tilediff.baselines (dark channel prior dehazing). Small images only: the whole file runs in seconds."""
 import math
 

@@ -7,6 +7,7 @@ from tilediff import engine
 from tilediff.engine.rng import PositionalNoise, PrefetchingNoise, region_noise
 from tilediff.restorer import Restorer
 from tilediff.engine.tiled_compressor import TiledCompressor
+from tilediff.options import RestoreOptions
 from tilediff.tiling import blend_window, grid, partition, tile_starts
 from tilediff.weights import convert
 
@@ -140,10 +141,10 @@ def test_plan_and_progress_are_reported(zero_noise_restorer):
 
 def test_small_budget_picks_tiles_and_recomputed_skips(zero_noise_restorer):
     model = zero_noise_restorer.model
-    big = engine.make_plan(model, (4000, 6000), 3, engine.Options(memory_budget=4 << 30), torch.device("cpu"))
+    big = engine.make_plan(model, (4000, 6000), 3, RestoreOptions(memory_budget=4 << 30), torch.device("cpu"))
     assert big.compressor_mode == "tiled" and big.skips in ("fp16", "recompute")
     assert big.expected_peak <= 4 << 30
-    tiny = engine.make_plan(model, (4000, 6000), 3, engine.Options(memory_budget=1 << 30), torch.device("cpu"))
+    tiny = engine.make_plan(model, (4000, 6000), 3, RestoreOptions(memory_budget=1 << 30), torch.device("cpu"))
     assert tiny.skips == "recompute"
 
 
@@ -153,13 +154,13 @@ def test_model_file_noise_tile_is_the_auto_default(zero_noise_restorer):
     before = dict(model.metadata)
     try:
         model.metadata.update(noise_tile=32, noise_overlap=16)
-        auto = engine.make_plan(model, (480, 640), 3, engine.Options(), cpu)
+        auto = engine.make_plan(model, (480, 640), 3, RestoreOptions(), cpu)
         assert (auto.noise_mode, auto.noise_tile, auto.noise_overlap) == ("tiled", 32, 16)
         assert auto.noise_tiles == 12 and auto.noise_tile_from_model            # 60x80 latent: 3 x 4 tiles
         assert "the size the model was trained on" in auto.describe()
-        whole = engine.make_plan(model, (480, 640), 3, engine.Options(mode="whole"), cpu)
+        whole = engine.make_plan(model, (480, 640), 3, RestoreOptions(mode="whole"), cpu)
         assert whole.noise_mode == "whole"                                      # the reference stays the reference
-        mine = engine.make_plan(model, (480, 640), 3, engine.Options(tile=48, overlap=8), cpu)
+        mine = engine.make_plan(model, (480, 640), 3, RestoreOptions(tile=48, overlap=8), cpu)
         assert (mine.noise_tile, mine.noise_overlap, mine.noise_tile_from_model) == (48, 8, False)
         out = zero_noise_restorer.restore(np.full((40, 56, 3), 0.5, np.float32), steps=2)
         assert out.shape == (40, 56, 3) and np.isfinite(out).all()            # canvas smaller than the tile

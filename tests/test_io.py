@@ -195,16 +195,39 @@ def test_tiff_uncompressed_and_explicit_compression(tmp_path):
     assert not (tmp_path / 'bad.tif').exists() and leftovers(tmp_path) == []
 
 
-def test_tiff_codec_without_encoder_falls_back_to_zlib(tmp_path):
-    samples = random_samples('uint8', 3)
-    src = tmp_path / 'packbits.tif'
-    PILImage.fromarray(samples).save(src, compression='packbits')
+@pytest.mark.parametrize('dtype,compression,predictor', [
+    ('uint8', 'lzw', 2), ('uint16', 'zstd', 2), ('uint8', 'packbits', None), ('float32', 'zstd', 3),
+    ('float32', 'lzw', None)])
+def test_tiff_imagecodecs_compressions_round_trip(tmp_path, dtype, compression, predictor):
+    """The codecs tifffile gets from imagecodecs are kept, with their predictor, bit for bit."""
+    samples = random_samples(dtype, 4)
+    src = tmp_path / f'{compression}.tif'
+    tifffile.imwrite(src, samples, photometric='rgb', extrasamples=['unassalpha'], tile=(16, 16),
+                     compression=compression, predictor=predictor, metadata=None)
     image = read_image(src)
     np.testing.assert_array_equal(image.rgb, expected_rgb(samples))
-    with pytest.warns(UserWarning, match='imagecodecs'):
+    dst = write_image(tmp_path / 'out.tif', image.rgb, image)
+    with tifffile.TiffFile(src) as a, tifffile.TiffFile(dst) as b:
+        assert b.pages.first.compression == a.pages.first.compression
+        assert b.pages.first.predictor == a.pages.first.predictor
+        np.testing.assert_array_equal(b.pages.first.asarray(), samples)
+    np.testing.assert_array_equal(tio.read_tiff_region(dst, 3, 30, 5, 41), samples[3:30, 5:41])
+
+
+def test_tiff_codec_without_encoder_falls_back_to_zlib(tmp_path, monkeypatch):
+    """A codec tifffile cannot encode here (imagecodecs missing, or decode-only) becomes zlib."""
+    samples = random_samples('uint16', 3)
+    src = tmp_path / 'zstd.tif'
+    tifffile.imwrite(src, samples, photometric='rgb', compression='zstd', predictor=2, metadata=None)
+    image = read_image(src)
+    encoders = tifffile.TIFF.COMPRESSORS
+    monkeypatch.setattr(tifffile.TIFF, 'COMPRESSORS', {1: encoders[1], 8: encoders[8]})
+    with pytest.warns(UserWarning, match='no encoder.*imagecodecs'):
         write_image(tmp_path / 'out.tif', image.rgb, image)
+    monkeypatch.undo()
     with tifffile.TiffFile(tmp_path / 'out.tif') as tif:
         assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert tif.pages.first.predictor == 2
         np.testing.assert_array_equal(tif.pages.first.asarray(), samples)
 
 
@@ -334,6 +357,44 @@ def test_png16_decoder_filters(tmp_path, filters):
     path = tmp_path / 'f.png'
     path.write_bytes(reference_png(samples, filters))
     np.testing.assert_array_equal(read_image(path).rgb, expected_rgb(samples))
+
+
+def test_png16_exif_orientation_and_icc(tmp_path):
+    """16-bit colour PNG (imagecodecs' codec): eXIf orientation applied, iCCP and eXIf written."""
+    icc = srgb_profile()
+    samples = random_samples('uint16', 4, 6, 9)
+    src = tmp_path / 'o16.png'
+    src.write_bytes(reference_png(samples, [4], icc=icc, exif=make_exif(orientation=6)))
+    image = read_image(src)
+    upright = np.rot90(samples, -1)  # orientation 6: turn 90 degrees clockwise
+    np.testing.assert_array_equal(image.rgb, expected_rgb(upright))
+    np.testing.assert_array_equal(image.alpha, upright[:, :, 3])
+    assert image.icc == icc
+    exif = PILImage.Exif()
+    exif.load(image.exif)
+    assert exif[274] == 1 and exif[271] == 'TestCam'
+    dst = write_image(tmp_path / 'o16_out.png', image.rgb, image)
+    with PILImage.open(dst) as im:
+        assert im.info['icc_profile'] == icc
+        assert im.getexif()[274] == 1 and im.getexif()[271] == 'TestCam'
+    back = read_image(dst)
+    np.testing.assert_array_equal(back.alpha, upright[:, :, 3])
+    np.testing.assert_array_equal(back.rgb, image.rgb)
+    assert back.exif == image.exif
+
+
+def test_png16_colour_key_is_not_alpha(tmp_path):
+    """A tRNS colour key in 16-bit RGB stays a plain colour, as Pillow leaves it for 8-bit RGB."""
+    samples = random_samples('uint16', 3, 5, 6)
+    png = reference_png(samples, [0])
+    key = struct.pack('>HHH', *(int(v) for v in samples[0, 0]))
+    trns = struct.pack('>I', 6) + b'tRNS' + key + struct.pack('>I', zlib.crc32(b'tRNS' + key))
+    at = png.index(b'IDAT') - 4
+    path = tmp_path / 'key.png'
+    path.write_bytes(png[:at] + trns + png[at:])
+    image = read_image(path)
+    assert image.alpha is None
+    np.testing.assert_array_equal(image.rgb, expected_rgb(samples))
 
 
 def test_png16_interlaced_is_refused(tmp_path):
@@ -491,7 +552,7 @@ def failing_writer(exception):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(tio, '_write_png', failing_writer(OSError(errno.ENOSPC, 'No space left on device')))
+    monkeypatch.setattr(tio.png, 'write_png', failing_writer(OSError(errno.ENOSPC, 'No space left on device')))
     target = tmp_path / 'out.png'
     with pytest.raises(ImageWriteError) as excinfo:
         write_image(target, np.zeros((4, 4, 3), np.float32))
@@ -504,7 +565,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_failed_write_keeps_existing_file(tmp_path, monkeypatch):
     target = tmp_path / 'out.png'
     target.write_bytes(b'previous result')
-    monkeypatch.setattr(tio, '_write_png', failing_writer(RuntimeError('encoder broke')))
+    monkeypatch.setattr(tio.png, 'write_png', failing_writer(RuntimeError('encoder broke')))
     with pytest.raises(ImageWriteError, match='encoder broke'):
         write_image(target, np.zeros((4, 4, 3), np.float32))
     assert target.read_bytes() == b'previous result'
@@ -514,7 +575,7 @@ def test_failed_write_keeps_existing_file(tmp_path, monkeypatch):
 def test_keyboard_interrupt_cleans_up(tmp_path, monkeypatch):
     target = tmp_path / 'out.png'
     target.write_bytes(b'previous result')
-    monkeypatch.setattr(tio, '_write_png', failing_writer(KeyboardInterrupt()))
+    monkeypatch.setattr(tio.png, 'write_png', failing_writer(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         write_image(target, np.zeros((4, 4, 3), np.float32))
     assert target.read_bytes() == b'previous result'
@@ -525,14 +586,14 @@ def test_successful_write_replaces_and_uses_temp_in_same_folder(tmp_path, monkey
     target = tmp_path / 'out.tif'
     target.write_bytes(b'old')
     seen = []
-    real = tio._write_tiff
+    real = tio.tiff.write_tiff
 
     def spy(fh, *args, **kwargs):
         seen.append(os.path.basename(fh.name))
         assert os.path.dirname(fh.name) == str(tmp_path)
         return real(fh, *args, **kwargs)
 
-    monkeypatch.setattr(tio, '_write_tiff', spy)
+    monkeypatch.setattr(tio.tiff, 'write_tiff', spy)
     write_image(target, np.full((4, 4, 3), 0.5, np.float32))
     assert seen and seen[0].startswith('.') and seen[0].endswith('.tmp')
     np.testing.assert_array_equal(tifffile.imread(target), np.full((4, 4, 3), 128, np.uint8))
@@ -564,7 +625,7 @@ def test_bigtiff_chosen_automatically(tmp_path, monkeypatch):
     rgb = np.zeros((8, 8, 3), np.float32)
     with tifffile.TiffFile(write_image(tmp_path / 'small.tif', rgb)) as tif:
         assert not tif.is_bigtiff
-    monkeypatch.setattr(tio, 'needs_bigtiff', lambda nbytes: True)
+    monkeypatch.setattr(tio.tiff, 'needs_bigtiff', lambda nbytes: True)
     with tifffile.TiffFile(write_image(tmp_path / 'big.tif', rgb)) as tif:
         assert tif.is_bigtiff
     with tifffile.TiffFile(write_image(tmp_path / 'forced.tif', rgb, bigtiff=False)) as tif:

@@ -1,4 +1,4 @@
-"""Training and evaluation (tilediff.train, tilediff.train_cli) on tiny networks and images."""
+"""Training and evaluation (tilediff.training, tilediff.cli.train) on tiny networks and images."""
 import json
 
 import numpy as np
@@ -8,7 +8,9 @@ from click.testing import CliRunner
 
 from tilediff import sde
 from tilediff import training as T
+from tilediff.io import write_image
 from tilediff.restorer import Restorer
+from tilediff.tasks.dehaze import haze
 from tilediff.weights import load_model, read_metadata
 
 TINY_COMPRESSOR = {"in_ch": 3, "out_ch": 3, "ch": 4, "ch_mult": [1, 2], "embed_dim": 4}
@@ -37,7 +39,7 @@ def folder(tmp_path_factory):
     d = tmp_path_factory.mktemp("clean")
     rng = np.random.default_rng(0)
     for i, (h, w) in enumerate([(64, 80), (72, 64), (48, 56)]):
-        T.write_rgb(d / f"img{i}.png", _smooth_image(rng, h, w))
+        write_image(d / f"img{i}.png", _smooth_image(rng, h, w))
     return d
 
 
@@ -268,9 +270,9 @@ def test_haze_density_mix_draws_each_density_per_window(folder, monkeypatch):
     with pytest.raises(ValueError, match="unknown haze density 'light,thick'"):
         T.make_source(clean=str(folder), density="light,thick")
     drawn = []
-    add_haze = T.add_haze_safe
-    monkeypatch.setattr(T, "add_haze_safe",
-                        lambda clean, rng, density: drawn.append(density) or add_haze(clean, rng, density))
+    add_haze = haze.add_haze
+    monkeypatch.setattr(haze, "add_haze",
+                        lambda clean, rng, density: drawn.append(density) or add_haze(clean, rng, density=density))
     src = T.make_source(clean=str(folder), density="light,dense")
     src.sample(np.random.default_rng(0), 32)
     assert len(drawn) == src.pool_size and set(drawn) == {"light", "dense"}

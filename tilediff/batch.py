@@ -10,15 +10,14 @@ paths write outputs, name them and report errors the same way.
 """
 import datetime
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import (ImageReadError, ImageWriteError, format_for_path, is_image_file, new_file_mode, output_path,
-                 read_image, write_image)
+from .io import ImageReadError, ImageWriteError, format_for_path, is_image_file, output_path, read_image, write_image
+from .io.atomic import atomic_write
+from .options import RestoreOptions
 from .tasks import get_task
 
 SUMMARY_NAME = "tilediff_summary.json"
@@ -174,8 +173,9 @@ def error_line(exc, source=None):
     return f"{source}: {text}" if source is not None else text
 
 
-def restore_job(restorer, job, *, jpeg_quality=None, compression=None, **restore_options):
-    """Read, restore and write one job; returns a summary entry (input, output, size, seconds).
+def restore_job(restorer, job, options=None, *, jpeg_quality=None, compression=None):
+    """Read, restore and write one job with ``options`` (RestoreOptions); returns a summary entry
+    (input, output, size, seconds).
 
     Raises what reading, restoring or writing raises. Outputs of this job written before a later one
     failed are removed, so a job leaves all its outputs or none.
@@ -185,9 +185,9 @@ def restore_job(restorer, job, *, jpeg_quality=None, compression=None, **restore
     if restorer.task.stereo:
         if len(images) != 2:
             raise ValueError(f"{job.inputs[0]}: stereo-sr needs a left/right pair")
-        results = restorer.restore((images[0].rgb, images[1].rgb), **restore_options)
+        results = restorer.restore((images[0].rgb, images[1].rgb), options)
     else:
-        results = (restorer.restore(images[0].rgb, **restore_options),)
+        results = (restorer.restore(images[0].rgb, options),)
     written = []
     try:
         for image, out, dst in zip(images, results, job.outputs):
@@ -218,37 +218,20 @@ def _entry(job, **values):
 
 
 def write_json_atomic(path, data):
-    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write JSON to ``path`` atomically (``io.atomic``), making its folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, new_file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda fh: fh.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def _now():
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _json_options(options):
-    return {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool)) or v is None}
-
-
 def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*", recursive=False,
                    skip_existing=True, summary_path=None, restorer=None, device="auto", precision="fp32",
-                   jpeg_quality=None, compression=None, on_file=None, **restore_options):
+                   jpeg_quality=None, compression=None, on_file=None, options=None, ray=None, workers=None,
+                   gpus_per_worker=None, threads_per_worker=None, **restore_options):
     """Restore every image of ``in_dir`` into ``out_dir``; returns the summary (a dict).
 
     - ``out_dir`` None: ``DIR_TASK`` beside ``in_dir`` (``default_out_dir``). Outputs are named
@@ -263,10 +246,25 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
       ``out_dir/tilediff_summary.json`` after every file. Stereo entries hold [left, right] lists.
     - ``device``, ``precision`` build the Restorer; ``jpeg_quality``, ``compression`` go to the writer
       (see ``write_options``); ``on_file(event, entry)`` is called with 'start', 'succeeded', 'failed'
-      or 'skipped'; everything else (steps, sampler, seed, samples, ensemble, prior, prior_t, recompose, tile,
-      overlap, mode, memory_budget, src_lens, tgt_lens, disparity, progress) goes to ``Restorer.restore``.
+      or 'skipped'; ``options`` (a RestoreOptions) and every other keyword (its fields and the task's own
+      options: steps, sampler, seed, samples, ensemble, tile, overlap, mode, memory_budget, progress,
+      prior, prior_t, recompose, src_lens, tgt_lens, disparity, ...) are the restore options, checked
+      once before any file is read.
+    - ``ray``: ``"local"``, ``"auto"`` or a cluster address distributes the files over Ray workers
+      (``workers``, ``gpus_per_worker``, ``threads_per_worker``; see ``tilediff.cluster``), with the same
+      outputs and summary (plus a ``"ray"`` key). None (the default): this process, and Ray is not imported.
     A KeyboardInterrupt is re-raised after the summary is written with ``"interrupted": true``.
     """
+    if ray is not None:
+        from .cluster import restore_folder as restore_folder_on_ray
+        return restore_folder_on_ray(
+            in_dir, out_dir, task=task, weights=weights, ray=ray, workers=workers, gpus_per_worker=gpus_per_worker,
+            threads_per_worker=threads_per_worker, pattern=pattern, recursive=recursive,
+            skip_existing=skip_existing, summary_path=summary_path, restorer=restorer, device=device,
+            precision=precision, jpeg_quality=jpeg_quality, compression=compression, on_file=on_file,
+            options=options, **restore_options)
+    if (workers, gpus_per_worker, threads_per_worker) != (None, None, None):
+        raise ValueError("workers, gpus_per_worker and threads_per_worker describe Ray workers: give ray= too")
     from .restorer import Restorer
 
     in_dir = Path(in_dir)
@@ -279,8 +277,10 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
     task_obj = get_task(task)
     if restorer is not None and restorer.task.name != task_obj.name:
         raise ValueError(f"the restorer is for task {restorer.task.name}, not {task_obj.name}")
-    if task_obj.needs_lens and any(restore_options.get(k) is None for k in ("src_lens", "tgt_lens", "disparity")):
-        raise ValueError("the bokeh task needs src_lens, tgt_lens and disparity")
+    if options is None:
+        options = RestoreOptions.build(task_obj, **restore_options)
+    elif restore_options:
+        raise ValueError("give the restore options either as options= or as keywords, not both")
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(in_dir, task_obj.name)
     summary_path = Path(summary_path) if summary_path is not None else out_dir / SUMMARY_NAME
     notify = on_file or (lambda event, entry: None)
@@ -291,7 +291,7 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
         "task": task_obj.name,
         "weights": str(restorer.weights if restorer is not None else weights or "(shipped)"),
         "input_dir": str(in_dir), "output_dir": str(out_dir), "pattern": pattern, "recursive": recursive,
-        "options": _json_options(dict(restore_options, jpeg_quality=jpeg_quality, compression=compression)),
+        "options": dict(options.as_json(), jpeg_quality=jpeg_quality, compression=compression),
         "started": _now(), "finished": None, "interrupted": False,
         "counts": {"succeeded": 0, "failed": 0, "skipped": 0, "total": len(jobs)},
         "succeeded": [], "failed": [], "skipped": [],
@@ -308,6 +308,9 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
     if restorer is None and any(job.error is None and id(job) not in done for job in jobs):
         restorer = Restorer(task_obj.name, weights=weights, device=device, precision=precision)
         summary["weights"] = str(restorer.weights)
+    if restorer is not None:
+        options = restorer.options(options)   # the model file's defaults and limits, checked once
+        summary["options"] = dict(options.as_json(), jpeg_quality=jpeg_quality, compression=compression)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         for job in jobs:
@@ -323,8 +326,7 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
                 continue
             notify("start", _entry(job))
             try:
-                entry = restore_job(restorer, job, jpeg_quality=jpeg_quality, compression=compression,
-                                    **restore_options)
+                entry = restore_job(restorer, job, options, jpeg_quality=jpeg_quality, compression=compression)
             except Exception as exc:  # one bad file must not stop the batch
                 record("failed", _entry(job, error=error_line(exc, job.label)))
                 continue

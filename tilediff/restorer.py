@@ -1,14 +1,28 @@
-"""The public restoration API: ``Restorer`` (one model, many images)."""
+"""The public restoration API: ``Restorer`` (one model, many images).
+
+One restoration, in order:
+1. the options: ``RestoreOptions`` built from the keyword arguments and resolved against the model
+   file (its defaults applied once, see ``tilediff.options``);
+2. the input canvas: float RGB (``io.to_float_rgb``), a stereo pair side by side in channels, the
+   task's pre-upsampling;
+3. the task's pipeline prepares the reverse runs' start (dehazing: the dark channel prior's estimate);
+4. the engine restores the canvas (plan → encode → sample → decode);
+5. the task's pipeline finishes (dehazing: recomposition); a stereo pair is split again.
+"""
+import importlib
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import engine
+from .io import to_float_rgb
+from .options import RestoreOptions
 from .tasks import get_task
 from .weights import ModelFileError, load_model
+
+__all__ = ["Restorer", "resolve_device", "to_float_rgb"]
 
 
 def resolve_device(device):
@@ -21,60 +35,13 @@ def resolve_device(device):
     return device
 
 
-def to_float_rgb(image):
-    """An HxWxC array (uint8, uint16 or float in [0,1]) as float32 HxWx3 in [0,1]."""
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3:
-        raise ValueError(f"expected an HxW or HxWxC image, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255
-    elif arr.dtype == np.uint16:
-        arr = arr.astype(np.float32) / 65535
-    else:
-        arr = arr.astype(np.float32)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
-        arr = arr[..., :3]
-    elif arr.shape[2] != 3:
-        raise ValueError(f"expected 1, 3 or 4 channels, got {arr.shape[2]}")
-    if not np.isfinite(arr).all():
-        raise ValueError("image holds NaN or infinite values")
-    return np.clip(arr, 0, 1)
-
-
-def _dark_channel_prior(rgb, device):
-    """The dark channel prior of an HxWx3 array: numpy on the CPU, torch on a GPU (haze_torch)."""
-    if device.type == "cuda":
-        from .tasks.dehaze import torch_ops as haze_torch
-        return haze_torch.dark_channel_prior(haze_torch.to_device_rgb(rgb, device)).cpu().numpy()
-    from .tasks.dehaze.dcp import dark_channel_prior
-    return dark_channel_prior(rgb)
-
-
-def _haze_recompose(hazy, restored, device):
-    """recompose.haze_recompose of HxWx3 arrays: numpy on the CPU, torch on a GPU (haze_torch)."""
-    if device.type == "cuda":
-        from .tasks.dehaze import torch_ops as haze_torch
-        return haze_torch.haze_recompose(haze_torch.to_device_rgb(hazy, device),
-                                         haze_torch.to_device_rgb(restored, device)).cpu().numpy()
-    from .tasks.dehaze.recompose import haze_recompose
-    return haze_recompose(hazy, restored)
-
-
-# Prior images a reverse run can start from (Restorer.restore(prior=...)): name → (task, function
-# of the HxWx3 input and the device returning an HxWx3 estimate).
-PRIORS = {"dcp": ("dehaze", _dark_channel_prior)}
-
-
 class Restorer:
     """Restores images with one model file.
 
     >>> r = Restorer("dehaze")                       # the shipped weights
     >>> r = Restorer("dehaze", weights="model.safetensors")
     >>> out = r.restore(image)                        # HxWx3 float32 in [0, 1]
+    >>> out = r.restore(image, steps=10, sampler="ode", prior="none")
     """
 
     def __init__(self, task=None, weights=None, device="auto", precision="fp32"):
@@ -88,6 +55,8 @@ class Restorer:
                     f"task {task_obj.name} has no shipped weights: pass --weights MODEL.safetensors "
                     f"(convert the reference checkpoints, {task_obj.reference_checkpoints}, with "
                     f"`tilediff convert`)")
+        if precision not in engine.DTYPES:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(engine.DTYPES)}")
         self.device = resolve_device(device)
         self.model = load_model(weights, device=self.device)
         if task is not None and get_task(task).name != self.model.task:
@@ -95,73 +64,93 @@ class Restorer:
         self.task = get_task(self.model.task)
         self.precision = precision
         self.weights = Path(weights)
+        self.pipeline = importlib.import_module(self.task.pipeline) if self.task.pipeline else None
+
+    # ---- options ---------------------------------------------------------------------------------
+    def options(self, options=None, **changes) -> RestoreOptions:
+        """Resolved options for this model: ``options`` (a RestoreOptions, or None) with ``changes``
+        (flat keyword arguments, task options included) applied, and the model file's defaults."""
+        if options is None:
+            options = RestoreOptions.build(self.task, **changes)
+        elif changes:
+            merged = options.as_json() | {"progress": options.progress} | changes
+            options = RestoreOptions.build(self.task, **merged)
+        return options.resolve(self.model, self.precision)
 
     @property
     def default_sampler(self):
-        """The model file's ``default_sampler``; the reference's 'sde' when it names none."""
-        return self.model.metadata.get("default_sampler", "sde")
+        """The sampler used when none is given: the model file's ``default_sampler``, else 'sde'."""
+        return self.options().sampler
 
     @property
     def default_samples(self):
-        """The model file's ``default_samples`` (reverse runs averaged); 1 when it names none."""
-        return int(self.model.metadata.get("default_samples", 1))
+        """Reverse runs averaged when not given: the model file's ``default_samples``, else 1."""
+        return self.options().samples
 
     @property
     def default_ensemble(self):
-        """The model file's ``default_ensemble`` (runs in four orientations); False when it names none."""
-        from .weights import metadata_flag
-        return metadata_flag(self.model.metadata, "default_ensemble")
+        """Whether the runs see four orientations when not given (``default_ensemble``)."""
+        return self.options().ensemble
 
     @property
     def default_prior(self):
-        """The model file's ``default_prior`` (a ``PRIORS`` name) and ``default_prior_t`` (the start step
-        as a fraction of the schedule's T); (None, None) when it names none."""
-        name = self.model.metadata.get("default_prior")
-        if name in (None, "", "none"):
-            return None, None
-        return name, float(self.model.metadata.get("default_prior_t", 0.5))
+        """(name, fraction of T) of the prior start when not given; (None, None) for none."""
+        return self.prior_choice(None, None)
 
     @property
     def default_recompose(self):
-        """The model file's ``default_recompose`` (dehazing: rebuild the output from the input with the
-        transmission the restored image implies, see ``recompose``); False when it names none."""
-        from .weights import metadata_flag
-        return metadata_flag(self.model.metadata, "default_recompose")
+        """Whether dehazing recomposes the output when not given (``default_recompose``)."""
+        task_options = self.options().task_options
+        return bool(getattr(task_options, "recompose", False))
 
-    def restore(self, image, *, steps=None, sampler=None, seed=0, tile=None, overlap=None, mode="auto",
-                memory_budget=None, src_lens=None, tgt_lens=None, disparity=None, progress=None, stats=None,
-                compressor_tile=None, batch=None, cuda_graphs=True, samples=None, ensemble=None,
-                recompose=None, prior=None, prior_t=None):
+    def prior_choice(self, prior, prior_t):
+        """(name, fraction) of the prior start these arguments resolve to, or (None, None)."""
+        if self.task.name != "dehaze":
+            if prior not in (None, "none"):
+                raise ValueError(f"the {prior} prior is for task dehaze, not {self.task.name}")
+            return None, None
+        resolved = self.options(prior=prior, prior_t=prior_t).task_options
+        return resolved.prior, resolved.prior_t
+
+    # ---- restoring -------------------------------------------------------------------------------
+    def restore(self, image, options=None, *, stats=None, **changes):
         """Restore one image (HxWxC array or a path); returns float32 HxWx3 in [0, 1].
 
-        For stereo-sr pass a (left, right) pair; a pair comes back. ``mode`` 'whole' runs the
-        reference algorithm on the whole image at once; 'tiled' forces tiling; 'auto' plans.
-        ``stats`` (a dict) receives the plan and the seconds per stage. ``sampler`` None takes the
-        model file's ``default_sampler`` (the reference's 'sde' when it names none). ``samples`` K > 1
-        averages the final latents of K reverse runs (an estimate of the posterior mean; K × the
-        sampling time); None takes the model file's ``default_samples`` (1 when it names none).
-        ``ensemble`` True runs those K runs in turn on the latent as it is, flipped left-right,
-        transposed and both (engine.ORIENTATIONS); None takes the model file's ``default_ensemble``. On CUDA
-        one sampler step is captured as a CUDA graph and replayed (``cuda_graphs=False`` runs it eagerly).
-        ``prior`` (a ``PRIORS`` name, 'none' for no prior) starts each reverse run at step
-        round(``prior_t`` × T) from the forward process around the latent of that classic estimate (for
-        dehazing 'dcp', the dark channel prior), so the network refines the estimate over those steps;
-        None takes the model file's ``default_prior`` / ``default_prior_t``.
-        ``recompose`` (dehazing only) True rebuilds the output from the input with the transmission the
-        restored image implies (``recompose.haze_recompose``: the model decides the haze, the input gives
-        the detail); None takes the model file's ``default_recompose``.
+        ``options``: a ``RestoreOptions``; keyword arguments are its fields and the task's own options
+        (dehaze: ``prior``, ``prior_t``, ``recompose``; bokeh: ``src_lens``, ``tgt_lens``,
+        ``disparity``), see ``tilediff.options``. For stereo-sr pass a (left, right) pair; a pair comes
+        back. ``stats`` (a dict) receives the plan and the seconds per stage.
         """
-        if sampler is None:
-            sampler = self.default_sampler
-        if samples is None:
-            samples = self.default_samples
-        if ensemble is None:
-            ensemble = self.default_ensemble
-        prior, prior_t = self.prior_choice(prior, prior_t)
-        if recompose is None:
-            recompose = self.default_recompose and self.task.name == "dehaze"
-        elif recompose and self.task.name != "dehaze":
-            raise ValueError(f"recompose applies to dehazing only, not to task {self.task.name}")
+        # 1. options, the model file's defaults applied
+        opts = self.options(options, **changes)
+        stats = stats if stats is not None else {}
+        # 2. the input canvas
+        x = self._canvas(image)
+        # 3. the task's start of the reverse runs
+        start = None
+        if self.pipeline is not None:
+            start = self.pipeline.prepare(x, opts, engine.schedule_for(self.model, opts.steps).T, self.device)
+        lens = opts.task_options.values if self.task.needs_lens else None
+        # 4. the engine
+        out = engine.restore_tensor(self.model, x, opts, self.device, lens=lens,
+                                    prior=start.prior if start else None,
+                                    start_step=start.start_step if start else None, stats=stats)
+        out = out[0].permute(1, 2, 0).numpy()
+        # 5. the task's post-processing
+        if start is not None and start.prior is not None:
+            stats["seconds"]["prior"] = start.seconds
+        if self.pipeline is not None:
+            begin = time.perf_counter()
+            finished = self.pipeline.finish(x, out, opts, self.device)
+            if finished is not out:
+                stats["seconds"]["recompose"] = time.perf_counter() - begin
+            out = finished
+        if self.task.stereo:
+            return out[..., :3].copy(), out[..., 3:].copy()
+        return out
+
+    def _canvas(self, image):
+        """The network's (1, C, H, W) float canvas of an image, a path or a stereo pair."""
         if isinstance(image, (str, Path)):
             from .io import read_image
             image = read_image(image).rgb
@@ -171,71 +160,19 @@ class Restorer:
             left, right = (to_float_rgb(v) for v in image)
             if left.shape != right.shape:
                 raise ValueError(f"left and right views differ in size: {left.shape} vs {right.shape}")
-            x = torch.cat([self._tensor(left), self._tensor(right)], dim=1)
-        else:
-            x = self._tensor(to_float_rgb(image))
-        lens = None
-        if self.task.needs_lens:
-            if src_lens is None or tgt_lens is None or disparity is None:
-                raise ValueError("the bokeh task needs src_lens, tgt_lens and disparity")
-            from .tasks import lens_value
-            lens = (lens_value(src_lens), lens_value(tgt_lens), float(disparity))
-        prior_x, start_step = None, None
-        if prior is not None:
-            start = time.perf_counter()
-            prior_x = self._tensor(PRIORS[prior][1](self._input_rgb(x), self.device))
-            prior_seconds = time.perf_counter() - start
-            total_steps = steps or self.model.sde["T"]
-            start_step = max(1, min(total_steps, round(prior_t * total_steps)))
-        options = engine.Options(steps=steps, sampler=sampler, seed=seed, tile=tile, overlap=overlap, mode=mode,
-                                 memory_budget=memory_budget, precision=self.precision, progress=progress,
-                                 compressor_tile=compressor_tile, batch=batch, cuda_graphs=cuda_graphs,
-                                 samples=samples, ensemble=bool(ensemble), start_step=start_step,
-                                 stats=stats if stats is not None else {})
-        out = engine.restore_tensor(self.model, x, options, device=self.device, lens=lens, prior=prior_x)
-        out = out[0].permute(1, 2, 0).numpy()
-        if prior is not None:
-            options.stats["seconds"]["prior"] = prior_seconds
-        if recompose:
-            start = time.perf_counter()
-            out = _haze_recompose(self._input_rgb(x), out, self.device)
-            options.stats["seconds"]["recompose"] = time.perf_counter() - start
-        if self.task.stereo:
-            return out[..., :3].copy(), out[..., 3:].copy()
-        return out
-
-    def prior_choice(self, prior, prior_t):
-        """(name, fraction) of the prior start to use, or (None, None); checks both."""
-        default_name, default_t = self.default_prior
-        if prior is None:
-            prior = default_name
-        if prior in (None, "none"):
-            return None, None
-        if prior not in PRIORS:
-            raise ValueError(f"unknown prior {prior!r}; expected one of {', '.join(['none', *PRIORS])}")
-        if PRIORS[prior][0] != self.task.name:
-            raise ValueError(f"the {prior} prior is for task {PRIORS[prior][0]}, not {self.task.name}")
-        if prior_t is None:
-            prior_t = default_t if default_t is not None else 0.5
-        if not 0 < prior_t <= 1:
-            raise ValueError(f"prior_t must be in (0, 1], got {prior_t}")
-        return prior, float(prior_t)
-
-    @staticmethod
-    def _input_rgb(x):
-        """The network's (1, 3, H, W) input canvas as an HxWx3 array (a view)."""
-        return x[0].permute(1, 2, 0).numpy()
+            return torch.cat([self._tensor(left), self._tensor(right)], dim=1)
+        return self._tensor(to_float_rgb(image))
 
     def _tensor(self, rgb):
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
         if self.task.upscale != 1:
             x = F.interpolate(x, scale_factor=self.task.upscale, mode="bicubic", align_corners=False).clamp(0, 1)
         return x
 
-    def restore_file(self, src, dst, **options):
+    def restore_file(self, src, dst, options=None, **changes):
         """Read, restore and write one file, keeping bit depth, alpha and metadata (see io)."""
         from .io import read_image, write_image
         image = read_image(src)
-        out = self.restore(image.rgb, **options)
+        out = self.restore(image.rgb, options, **changes)
         write_image(dst, out, like=image)
         return Path(dst)

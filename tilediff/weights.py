@@ -5,13 +5,14 @@ A model file holds the noise network under ``noise.`` and, for latent tasks, its
 ``format``, ``task``, ``noise_variant``, ``noise_config``, ``compressor_config``, ``sde``,
 ``value_range``, ``provenance`` and optional ``description``/``training``/``quality``.
 Reference pickles are read only with ``torch.load(weights_only=True)``.
+
+Importing this module imports neither the engine nor io (``tilediff.io`` is imported when a file is
+written), so that ``tilediff info`` and the training code load it cheaply.
 """
 import datetime
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ._version import __version__
-from .io import new_file_mode
 from .models import ArchitectureError, build, count_parameters, infer, strip_prefix
 from .tasks import DEFAULT_TASK_FOR_VARIANT, get_task
 
@@ -166,7 +166,8 @@ def convert(noise_path, compressor_path=None, task=None, output=None, descriptio
 
 def save_model(path, noise_state, noise_variant, noise_config, compressor_state=None, compressor_config=None,
                *, task, sde, provenance=None, description="", extra=None):
-    """Write a model file atomically (temp file in the target folder, then rename)."""
+    """Write a model file atomically (``io.atomic.replacing``): an interrupted write leaves the old file."""
+    from .io.atomic import replacing   # here, not at the top: reading model files needs no io
     tensors = {f"noise.{k}": v.detach().to("cpu").contiguous() for k, v in noise_state.items()}
     if compressor_state is not None:
         tensors.update({f"compressor.{k}": v.detach().to("cpu").contiguous() for k, v in compressor_state.items()})
@@ -185,16 +186,8 @@ def save_model(path, noise_state, noise_variant, noise_config, compressor_state=
         metadata[k] = v if isinstance(v, str) else json.dumps(v)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, new_file_mode(path))   # mkstemp's owner-only mode would survive the rename
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -225,10 +218,11 @@ def read_metadata(path):
     return meta
 
 
-def load_model(path, device="cpu"):
-    """Build both networks from a model file and load their weights strictly."""
+def read_model_tensors(path):
+    """The tensors of a model file split by network: ``{"noise": {...}, "compressor": {...}}``, keys
+    without their prefix (the compressor part is empty for pixel tasks). Any other prefix is an error:
+    a file that holds more than the two networks is not one this code wrote."""
     path = Path(path)
-    meta = read_metadata(path)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:
@@ -239,6 +233,33 @@ def load_model(path, device="cpu"):
         if prefix not in parts:
             raise ModelFileError(f"{path}: unexpected tensor {k!r} (expected noise.* or compressor.*)")
         parts[prefix][rest] = v
+    return parts
+
+
+_CORE_METADATA = {"format", "task", "noise_variant", "noise_config", "compressor_config", "sde", "value_range",
+                  "provenance", "description", "tensor_count"}
+
+
+def update_metadata(path, **fields):
+    """Rewrite a model file with extra metadata fields (e.g. ``quality`` after an evaluation).
+
+    safetensors keeps the metadata in the header, so a change means writing the file again; the
+    tensors and every other field are kept as they are.
+    """
+    meta = read_metadata(path)
+    parts = read_model_tensors(path)
+    extra = {k: v for k, v in meta.items() if k not in _CORE_METADATA}   # training, quality, default_sampler, ...
+    extra.update(fields)
+    save_model(path, parts["noise"], meta["noise_variant"], meta["noise_config"], parts["compressor"] or None,
+               meta["compressor_config"], task=meta["task"], sde=meta["sde"], provenance=meta.get("provenance"),
+               description=meta.get("description", ""), extra=extra)
+
+
+def load_model(path, device="cpu"):
+    """Build both networks from a model file and load their weights strictly."""
+    path = Path(path)
+    meta = read_metadata(path)
+    parts = read_model_tensors(path)
     try:
         noise = build(meta["noise_variant"], meta["noise_config"])
         noise.load_state_dict(parts["noise"], strict=True)

@@ -61,7 +61,7 @@ def _command_line():
 @click.option("--skip-dropout", default=0.0, show_default=True, type=float,
               help="Fraction of compressor samples decoded without their LQ skips (0 = the reference loss).")
 @click.option("--noise-loss", default="mle", show_default=True, type=click.Choice(["mle", "x0", "mle+x0"]),
-              help="Noise-stage loss: the reference's IR-SDE MLE, the capped x̂0 error, or both (see tilediff.train).")
+              help="Noise-stage loss: the reference's IR-SDE MLE, the capped x̂0 error, or both (see tilediff.training.losses).")
 @click.option("--init-noise", type=click.Path(dir_okay=False, exists=True),
               help="Start the noise network from this model file's (fine-tuning; same network settings).")
 @click.option("--ema-decay", default=0.995, show_default=True, type=float)

@@ -1,11 +1,27 @@
 """The engine: plan, then encode → sample → decode one image under a memory budget.
 
+Read in this order: ``stages`` (restore_tensor, the four stages), ``plan`` (the plan and the memory
+model), ``sampling`` (the reverse-process runs), ``noise_net`` (ε over the whole canvas or tiles,
+CUDA-graphed), ``tiled_compressor`` (the exact tiled encode/decode), ``rng`` (position-keyed random
+numbers), ``cuda_graphs``, ``oom`` (out-of-memory retry), ``host_memory`` (the host allocator).
+
 The public names are imported on first use, so that ``tilediff.engine.host_memory`` can be imported
 (and the host allocator tuned) before torch is.
 """
-_PUBLIC = {name: "tilediff.engine.stages" for name in
-           ("DTYPES", "MODES", "ORIENTATIONS", "Options", "Plan", "make_plan", "restore_tensor",
-            "schedule_for", "whole_noise_fn", "tiled_noise_fn", "default_budget", "available_memory")}
+_PUBLIC = {
+    "restore_tensor": "tilediff.engine.stages",
+    "DTYPES": "tilediff.engine.plan",
+    "MODES": "tilediff.engine.plan",
+    "Plan": "tilediff.engine.plan",
+    "make_plan": "tilediff.engine.plan",
+    "default_budget": "tilediff.engine.plan",
+    "available_memory": "tilediff.engine.plan",
+    "ORIENTATIONS": "tilediff.engine.sampling",
+    "schedule_for": "tilediff.engine.sampling",
+    "whole_noise_fn": "tilediff.engine.noise_net",
+    "tiled_noise_fn": "tilediff.engine.noise_net",
+}
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name):

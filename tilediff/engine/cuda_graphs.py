@@ -7,16 +7,18 @@ capture time, so the inputs are copied into static device buffers (x_t, and t as
 and the ε the graph writes is copied out.
 
 ``GraphedNoise`` wraps any ``noise_fn(x, t) -> ε`` whose work is all on one CUDA device and free of
-host synchronisation (the whole-canvas and tiled noise functions of ``tilediff.engine`` are). When
+host synchronisation (the whole-canvas and tiled noise functions of ``noise_net`` are). When
 capture fails (an op that cannot be captured, a driver without graph support) it says so once on
-stderr and runs eagerly; out-of-memory errors are raised so the engine can shrink its tiles.
+stderr and runs eagerly; out-of-memory errors are raised (``oom.is_out_of_memory``) so that the
+evaluation around it (``noise_net.NoiseNetEvaluation``, through ``oom.retry_smaller``) can shrink
+its tiles and capture again.
 """
 import os
 import sys
 
 import torch
 
-from .tiled_compressor import is_out_of_memory
+from .oom import is_out_of_memory
 
 WARMUP_CALLS = 2   # eager calls on a side stream before capture (cuDNN/Triton autotuning, allocator)
 

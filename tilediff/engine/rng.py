@@ -9,6 +9,7 @@ produced on its own, and the same seed gives the same numbers whatever the tile 
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -98,3 +99,18 @@ class PrefetchingNoise:
         self.pending = None
         self.pool.shutdown(wait=True)
         self.band_pool.shutdown(wait=True)
+
+
+@contextmanager
+def run_noise(seed, stream, device, prefetch=False):
+    """The noise source of one reverse run, ``PositionalNoise(seed, stream)``; with ``prefetch``
+    a ``PrefetchingNoise`` on ``device`` around it, whose worker threads are stopped on exit."""
+    noise = PositionalNoise(seed, stream=stream)
+    if not prefetch:
+        yield noise
+        return
+    noise = PrefetchingNoise(noise, device)
+    try:
+        yield noise
+    finally:
+        noise.close()

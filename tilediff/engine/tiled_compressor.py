@@ -24,16 +24,12 @@ import torch
 
 from ..models.compressor import reflect_index
 from ..tiling import partition
+from .oom import retry_smaller
 
 
 # Host canvases are channels-last like the tiles, so that slicing a region out of them and storing a
 # tile's core back are plain copies rather than layout transposes.
 CL = torch.channels_last
-
-
-def is_out_of_memory(err):
-    """A CUDA out-of-memory error (the typed one, or a RuntimeError saying so)."""
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def padded_region(image, region, padded_hw):
@@ -100,14 +96,14 @@ class TiledCompressor:
     def _retry(self, run_pass):
         """Run one pass over tiles; on a CUDA out-of-memory error halve the tile and run it again.
         Passes write fresh canvases, so a repeated pass gives the same result."""
-        while True:
-            try:
-                return run_pass()
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-                if not is_out_of_memory(err) or self.tile <= 1:
-                    raise
-                torch.cuda.empty_cache()
-                self.tile = max(1, self.tile // 2)
+        return retry_smaller(run_pass, self._halve_tile)
+
+    def _halve_tile(self):
+        """Halve the tile (after an out-of-memory error); False when it is one unit already."""
+        if self.tile <= 1:
+            return False
+        self.tile = max(1, self.tile // 2)
+        return True
 
     def _dev(self, x):
         # channels-last: the convolutions run about twice as fast in it (oneDNN and cuDNN)

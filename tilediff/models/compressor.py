@@ -7,6 +7,8 @@ Everything is local (3×3 convolutions) except the LinearAttention of the deepes
 softmax over positions and k·v sum are global (see ``LinearAttention.reduce``/``apply``, which the
 tiled engine uses to accumulate them over tiles).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -144,6 +146,25 @@ class Skips(list):
     image_size = None
 
 
+@dataclass(frozen=True)
+class CompressorFacts:
+    """What the engine's planner needs to know about a ``Compressor``, declared by the network.
+
+    Levels are numbered as in the encoder: level ℓ runs at 1/2^ℓ of the padded image, the deepest
+    (``depth`` − 1) at 1/``scale``, the latent's size.
+    """
+
+    depth: int                  # U-Net levels (len(ch_mult)); the deepest does not downsample
+    scale: int                  # image pixels per latent pixel: 2^(depth−1)
+    multiple: int               # inputs are reflect-padded to a multiple of this: 2^depth
+    latent_channels: int        # channels of the latent (embed_dim)
+    skips: tuple                # the skips encode() keeps, in its order: (level, channels) each
+    level_channels: tuple       # per level, the channels the encoder's ResBlocks run at (its input)
+    decoder_channels: tuple     # per level, the channels of the decoder's output at that level
+    deepest_channels: int       # channels of the deepest level's canvases (around the attention)
+    finest_decoder_in_channels: int   # input channels of the finest decoder ResBlock (up + skip)
+
+
 class Compressor(nn.Module):
     """U-Net compressor (the reference's ``UNet``): ch_mult levels, the last without downsampling."""
 
@@ -183,6 +204,22 @@ class Compressor(nn.Module):
     def scale(self):
         """Latent downscale factor (2^(depth−1): the last level does not downsample)."""
         return 2 ** (self.depth - 1)
+
+    @property
+    def memory_facts(self):
+        """The facts the engine plans its memory with (``CompressorFacts``), read off the layers."""
+        skips = [(0, self.init_conv.out_channels)]
+        for level, blocks in enumerate(self.encoder):
+            skips += [(level, blocks[0].block1.proj.out_channels)] * 2   # the two ResBlocks' outputs
+        return CompressorFacts(
+            depth=self.depth, scale=self.scale, multiple=self.multiple,
+            latent_channels=self.latent_conv.out_channels,
+            skips=tuple(skips),
+            level_channels=tuple(blocks[0].block1.proj.in_channels for blocks in self.encoder),
+            decoder_channels=tuple(self.decoder[self.depth - 1 - level][1].block2.proj.out_channels
+                                   for level in range(self.depth)),
+            deepest_channels=self.decoder[0][0].block1.proj.out_channels,
+            finest_decoder_in_channels=self.decoder[-1][0].block1.proj.in_channels)
 
     def pad(self, x):
         """Reflect-pad right/bottom to a multiple of 2^depth (the reference's padding). Images

@@ -6,6 +6,7 @@ Variants (REFUSION.md): ``pixel`` ends with ending(x); ``latent`` with ending(x 
 Constructor arguments and state-dict keys are the reference's, so its checkpoints load strictly.
 """
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,15 @@ class NAFBlock(nn.Module):
         return x
 
 
+@dataclass(frozen=True)
+class NoiseNetFacts:
+    """What the engine's planner needs to know about a ``ConditionalNAFNet``, declared by the network."""
+
+    width: int          # channels of the first (finest) level; the activations scale with it
+    views: int          # images per input: 2 for stereo (left and right run as one batch), else 1
+    padder_size: int    # inputs are zero-padded to a multiple of this: 2^(encoder levels)
+
+
 class ConditionalNAFNet(nn.Module):
     """Noise network ε(x_t, μ, t): input cat(x_t − μ, μ), output ε with the channels of x_t.
 
@@ -165,6 +175,12 @@ class ConditionalNAFNet(nn.Module):
             chan //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(chan, time_dim, variant) for _ in range(num)]))
         self.padder_size = 2 ** len(self.encoders)
+
+    @property
+    def memory_facts(self):
+        """The facts the engine plans its memory with (``NoiseNetFacts``)."""
+        return NoiseNetFacts(width=self.intro.out_channels, views=2 if self.variant == "stereo" else 1,
+                             padder_size=self.padder_size)
 
     def embed(self, t, batch, device, src_lens=None, tgt_lens=None, disparity=None):
         """Time embedding (and lens embedding for bokeh) for a batch: the per-step constants."""

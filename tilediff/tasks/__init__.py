@@ -8,6 +8,9 @@ from pathlib import Path
 
 import tilediff.shipped_weights
 
+from .bokeh import LensOptions, lens_value  # noqa: F401  (lens_value: public since the first layout)
+from .dehaze.options import DehazeOptions
+
 WEIGHTS_DIR = Path(tilediff.shipped_weights.__file__).resolve().parent  # the repo's weights/ folder
 
 REFERENCE_SDE = {"max_sigma": 50, "T": 100, "schedule": "cosine", "eps": 0.005}
@@ -28,6 +31,8 @@ class Task:
     needs_lens: bool = False           # bokeh: src_lens, tgt_lens, disparity
     default_weights: str | None = None  # file name in tilediff/weights, if one is shipped
     reference_checkpoints: str = ""    # how to get the reference weights for `tilediff convert`
+    options: type | None = None        # the task's own restore options (a dataclass; see options.py)
+    pipeline: str | None = None        # module with prepare()/finish() around the engine, if any
 
     @property
     def latent(self):
@@ -45,7 +50,8 @@ TASKS = {t.name: t for t in [
          "latent", dict(OFFICIAL_NAFNET, img_channel=8),
          {"in_ch": 3, "out_ch": 3, "ch": 8, "ch_mult": [4, 8, 8, 16], "embed_dim": 8},
          default_weights="dehaze.safetensors",
-         reference_checkpoints="latent-reffusion-dehazing.pth (noise) + latent-dehazing.pth (compressor)"),
+         reference_checkpoints="latent-reffusion-dehazing.pth (noise) + latent-dehazing.pth (compressor)",
+         options=DehazeOptions, pipeline="tilediff.tasks.dehaze.pipeline"),
     Task("deshadow", "Shadow removal in pixel space (NTIRE 2023 shadow removal)",
          "pixel", dict(OFFICIAL_NAFNET, img_channel=3), None,
          reference_checkpoints="refusion.pth from codes/config/deshadow"),
@@ -54,7 +60,8 @@ TASKS = {t.name: t for t in [
                    "dec_blk_nums": [2, 2, 2, 2]},
          {"in_ch": 3, "out_ch": 3, "ch": 64, "ch_mult": [1, 2, 4], "embed_dim": 4},
          needs_lens=True,
-         reference_checkpoints="latent-reffusion-bokeh.pth (noise) + latent-bokeh.pth (compressor)"),
+         reference_checkpoints="latent-reffusion-bokeh.pth (noise) + latent-bokeh.pth (compressor)",
+         options=LensOptions),
     Task("stereo-sr", "Stereo image ×4 super-resolution (NTIRE 2023 stereo SR); left/right pair",
          "stereo", dict(OFFICIAL_NAFNET, img_channel=3), None, upscale=4, stereo=True,
          reference_checkpoints="reffusion-ssr.pth from codes/config/stereo-sr"),
@@ -67,31 +74,3 @@ def get_task(name):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return TASKS[name]
-
-
-def lens_value(lens):
-    """The reference's numeric encoding of a lens name (NTIRE 2023 bokeh meta files).
-
-    'Canon50mmf1.8BS' → −18 (Canon: minus the f-number) and 'Sony50mmf16.0BS' → 160, i.e. the
-    f-number × 10 with the sign telling the lens maker. A plain number is taken as already encoded.
-    """
-    if isinstance(lens, (int, float)):
-        return float(lens)
-    text = str(lens).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    lower = text.lower()
-    if "mmf" not in lower:
-        raise ValueError(f"cannot read lens {lens!r}: expected a name like 'Canon50mmf1.8BS' or a number")
-    number = lower.split("mmf", 1)[1].rstrip("bs")
-    try:
-        f_number = float(number)
-    except ValueError:
-        raise ValueError(f"cannot read the f-number of lens {lens!r}") from None
-    if lower.startswith("canon"):
-        return -f_number * 10
-    if lower.startswith("sony"):
-        return f_number * 10
-    raise ValueError(f"unknown lens maker in {lens!r}: the reference encodes Canon (negative) and Sony (positive)")
