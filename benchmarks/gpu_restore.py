@@ -59,7 +59,7 @@ def step_parts(model, x, args, device, out_dir):
     dtype = engine.DTYPES[args.precision]
     h, w = x.shape[-2] // 8, x.shape[-1] // 8
     mu = torch.randn(1, model.noise_config["img_channel"], h, w, generator=torch.Generator().manual_seed(1)).to(device)
-    sch = engine.schedule_for(model, args.steps)
+    sch = engine.schedule_for(model)
     fn = engine.whole_noise_fn(model.noise, mu, device, dtype)
     noise = PositionalNoise(0)
     xt = mu + 0.1 * torch.randn_like(mu)

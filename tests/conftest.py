@@ -1,4 +1,5 @@
 """Shared fixtures: the golden vectors and checkpoints computed by the reference implementation."""
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -49,3 +50,23 @@ def golden_net(golden_dir, golden_index):
             cache[name] = net.eval()
         return cache[name]
     return load
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """Run with ``count`` torch threads, then restore the setting: the tiny test networks gain nothing
+    from threads, and on a busy machine OpenMP's spinning threads make a 60 ms forward take seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def dehaze_model(golden_dir, tmp_path_factory):
+    """A small dehazing model file: the golden noise network with the official dehazing compressor."""
+    from tilediff.weights import convert
+    return convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
+                   output=tmp_path_factory.mktemp("models") / "small_dehaze.safetensors")

@@ -18,6 +18,7 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import torch_threads
 import tilediff
 import tilediff.io as tio
 from tilediff.batch import find_jobs, pair_stereo, stereo_side, write_options
@@ -35,17 +36,8 @@ STEPS = ["--steps", "2"]
 def one_thread():
     """The tiny networks gain nothing from threads, and on a busy machine OpenMP's spinning threads make a
     60 ms forward take seconds; run this module single-threaded (and restore the setting after)."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def dehaze_model(golden_dir, tmp_path_factory):
-    return convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
-                   output=tmp_path_factory.mktemp("models") / "m.safetensors")
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

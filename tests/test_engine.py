@@ -221,13 +221,13 @@ def test_several_samples_average_the_final_latents_of_independent_runs(golden_di
     x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
     with torch.no_grad():
         mu, hidden = model.compressor.encode(x)
-        sch = engine.schedule_for(model, 3)
+        sch = engine.schedule_for(model)          # the model's T = 100 schedule; 3 of its steps
         noise_fn = engine.whole_noise_fn(model.noise, mu, torch.device("cpu"), torch.float32)
         finals = []
         for stream in (0, 1):
             noise = PositionalNoise(5, stream=stream)
             start = sde.start_state(sch, mu, noise(START_STEP, mu))
-            finals.append(sde.sample(noise_fn, start, mu, sch, "sde", noise))
+            finals.append(sde.sample(noise_fn, start, mu, sch, "sde", noise, steps=3))
         expected = model.compressor.decode((finals[0] + finals[1]) / 2, hidden).clamp(0, 1)[0].permute(1, 2, 0)
     np.testing.assert_allclose(two, expected.numpy(), atol=1e-5)
     assert np.abs(two - one).max() > 1e-3
@@ -260,14 +260,14 @@ def test_ensemble_runs_the_samples_in_four_orientations(golden_dir, tmp_path):
     with torch.no_grad():
         mu, hidden = model.compressor.encode(x)
         assert mu.shape[-2] != mu.shape[-1]
-        sch = engine.schedule_for(model, 3)
+        sch = engine.schedule_for(model)
         finals = []
         for k in range(4):
             mu_k = flips[k](mu).contiguous()
             noise = PositionalNoise(2, stream=k)
             fn = engine.whole_noise_fn(model.noise, mu_k, torch.device("cpu"), torch.float32)
             start = sde.start_state(sch, mu_k, noise(START_STEP, mu_k))
-            finals.append(unflips[k](sde.sample(fn, start, mu_k, sch, "ode", noise)))
+            finals.append(unflips[k](sde.sample(fn, start, mu_k, sch, "ode", noise, steps=3)))
         expected = model.compressor.decode(sum(finals) / 4, hidden).clamp(0, 1)[0].permute(1, 2, 0)
     np.testing.assert_allclose(ens, expected.numpy(), atol=1e-5)
     assert np.abs(ens - plain).max() > 1e-3
@@ -275,8 +275,9 @@ def test_ensemble_runs_the_samples_in_four_orientations(golden_dir, tmp_path):
 
 
 def test_prior_start_refines_the_latent_of_a_classic_estimate(golden_dir, tmp_path):
-    """prior='dcp': each run starts at round(prior_t × T) from the forward process around the latent of
-    the dark-channel-prior image (in the run's orientation) and takes only those steps."""
+    """prior='dcp': each run starts at round(prior_t × T) of the model's schedule from the forward process
+    around the latent of the dark-channel-prior image (in the run's orientation), and takes ``steps``
+    network evaluations from there down."""
     from tilediff import sde
     from tilediff.tasks.dehaze.dcp import dark_channel_prior
     from tilediff.engine.rng import START_STEP
@@ -292,18 +293,18 @@ def test_prior_start_refines_the_latent_of_a_classic_estimate(golden_dir, tmp_pa
     with torch.no_grad():
         mu, hidden = model.compressor.encode(as_canvas(image))
         guess, _ = model.compressor.encode(as_canvas(dark_channel_prior(image)))
-        sch = engine.schedule_for(model, 4)
+        sch = engine.schedule_for(model)
         finals = []
         for k in (0, 1):
             _, forward, inverse = engine.ORIENTATIONS[k]
             mu_k, guess_k = forward(mu).contiguous(), forward(guess).contiguous()
             noise = PositionalNoise(1, stream=k)
             fn = engine.whole_noise_fn(model.noise, mu_k, torch.device("cpu"), torch.float32)
-            start = sde.noisy_state(sch, guess_k, mu_k, 2, noise(START_STEP, mu_k))
-            finals.append(inverse(sde.sample(fn, start, mu_k, sch, "ode", noise, start_step=2)))
+            start = sde.noisy_state(sch, guess_k, mu_k, 50, noise(START_STEP, mu_k))   # 0.5 × T
+            finals.append(inverse(sde.sample(fn, start, mu_k, sch, "ode", noise, start_step=50, steps=4)))
         expected = model.compressor.decode(sum(finals) / 2, hidden).clamp(0, 1)[0].permute(1, 2, 0)
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
-    assert [e for e in events if e[0] == "sample"][-1] == ("sample", 4, 4)   # 2 runs × 2 steps
+    assert [e for e in events if e[0] == "sample"][-1] == ("sample", 8, 8)   # 2 runs × 4 steps
     plain = r.restore(image, steps=4, sampler="ode", seed=1, mode="whole", samples=2, ensemble=True)
     assert np.abs(got - plain).max() > 1e-3
     with pytest.raises(ValueError, match="unknown prior"):
@@ -311,7 +312,7 @@ def test_prior_start_refines_the_latent_of_a_classic_estimate(golden_dir, tmp_pa
     with pytest.raises(ValueError, match="prior_t must be in"):
         r.restore(image, steps=2, prior="dcp", prior_t=0)
     with pytest.raises(ValueError, match="start_step must be in"):
-        sde.sample(lambda x, t: x, mu, mu, sch, "ode", start_step=5)
+        sde.sample(lambda x, t: x, mu, mu, sch, "ode", start_step=101)
 
 
 def test_linear_attention_sums_do_not_overflow_in_float16():

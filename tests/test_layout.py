@@ -23,7 +23,7 @@ def loaded_after(statement):
 
 def test_import_tilediff_loads_nothing_and_changes_no_process_state():
     modules, torch_loaded, environ_changed = loaded_after("import tilediff")
-    assert modules == ["tilediff", "tilediff._version"]
+    assert modules == ["tilediff", "tilediff._lazy", "tilediff._version"]
     assert not torch_loaded and not environ_changed
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import torch_threads
 from tilediff import sde
 from tilediff import training as T
 from tilediff.io import write_image
@@ -28,10 +29,8 @@ def _smooth_image(rng, h, w):
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny networks run fastest on one thread (and do not fight a busy machine's other jobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

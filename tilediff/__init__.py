@@ -4,6 +4,7 @@ Importing the package loads nothing but this file and changes no process state: 
 below are imported on first use (PEP 562 module ``__getattr__``), and the host allocator is tuned
 when a restoration first runs (``tilediff.engine.host_memory``).
 """
+from ._lazy import lazy_attributes
 from ._version import __version__
 
 _PUBLIC = {
@@ -15,13 +16,7 @@ _PUBLIC = {
 __all__ = ["Restorer", "restore_folder", "RestoreOptions", "__version__"]
 
 
-def __getattr__(name):
-    if name in _PUBLIC:
-        import importlib
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tilediff' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _PUBLIC)
 
 
 def __dir__():

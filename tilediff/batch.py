@@ -228,6 +228,58 @@ def _now():
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+@dataclass
+class FolderRun:
+    """What a folder batch knows before its first file: the task, the checked options, where the
+    outputs and the summary go, the jobs, the resolved input paths and the summary to fill."""
+
+    task: object
+    options: RestoreOptions
+    out_dir: Path
+    summary_path: Path
+    jobs: list
+    inputs: set
+    summary: dict
+
+
+def summary_options(options, jpeg_quality, compression):
+    """The summary's "options": the restore options as JSON, and the writer's."""
+    return dict(options.as_json(), jpeg_quality=jpeg_quality, compression=compression)
+
+
+def start_folder(in_dir, out_dir, *, task, restorer, weights, options, restore_options, pattern, recursive,
+                 summary_path, jpeg_quality, compression):
+    """The checks and the set-up every folder batch (this process's or Ray's) starts with."""
+    in_dir = Path(in_dir)
+    if not in_dir.is_dir():
+        raise NotADirectoryError(f"{in_dir}: not a folder")
+    if task is None:
+        if restorer is None:
+            raise ValueError("give a task (or a restorer)")
+        task = restorer.task.name
+    task_obj = get_task(task)
+    if restorer is not None and restorer.task.name != task_obj.name:
+        raise ValueError(f"the restorer is for task {restorer.task.name}, not {task_obj.name}")
+    if options is None:
+        options = RestoreOptions.build(task_obj, **restore_options)
+    elif restore_options:
+        raise ValueError("give the restore options either as options= or as keywords, not both")
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(in_dir, task_obj.name)
+    summary_path = Path(summary_path) if summary_path is not None else out_dir / SUMMARY_NAME
+    jobs = find_jobs(in_dir, out_dir, task_obj.name, pattern, recursive)
+    summary = {
+        "task": task_obj.name,
+        "weights": str(restorer.weights if restorer is not None else weights or "(shipped)"),
+        "input_dir": str(in_dir), "output_dir": str(out_dir), "pattern": pattern, "recursive": recursive,
+        "options": summary_options(options, jpeg_quality, compression),
+        "started": _now(), "finished": None, "interrupted": False,
+        "counts": {"succeeded": 0, "failed": 0, "skipped": 0, "total": len(jobs)},
+        "succeeded": [], "failed": [], "skipped": [],
+    }
+    inputs = {p.resolve() for job in jobs for p in job.inputs}
+    return FolderRun(task_obj, options, out_dir, summary_path, jobs, inputs, summary)
+
+
 def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*", recursive=False,
                    skip_existing=True, summary_path=None, restorer=None, device="auto", precision="fp32",
                    jpeg_quality=None, compression=None, on_file=None, options=None, ray=None, workers=None,
@@ -267,35 +319,12 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
         raise ValueError("workers, gpus_per_worker and threads_per_worker describe Ray workers: give ray= too")
     from .restorer import Restorer
 
-    in_dir = Path(in_dir)
-    if not in_dir.is_dir():
-        raise NotADirectoryError(f"{in_dir}: not a folder")
-    if task is None:
-        if restorer is None:
-            raise ValueError("give a task (or a restorer)")
-        task = restorer.task.name
-    task_obj = get_task(task)
-    if restorer is not None and restorer.task.name != task_obj.name:
-        raise ValueError(f"the restorer is for task {restorer.task.name}, not {task_obj.name}")
-    if options is None:
-        options = RestoreOptions.build(task_obj, **restore_options)
-    elif restore_options:
-        raise ValueError("give the restore options either as options= or as keywords, not both")
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(in_dir, task_obj.name)
-    summary_path = Path(summary_path) if summary_path is not None else out_dir / SUMMARY_NAME
+    run = start_folder(in_dir, out_dir, task=task, restorer=restorer, weights=weights, options=options,
+                       restore_options=restore_options, pattern=pattern, recursive=recursive,
+                       summary_path=summary_path, jpeg_quality=jpeg_quality, compression=compression)
+    task_obj, options, out_dir, summary_path = run.task, run.options, run.out_dir, run.summary_path
+    jobs, all_inputs, summary = run.jobs, run.inputs, run.summary
     notify = on_file or (lambda event, entry: None)
-
-    jobs = find_jobs(in_dir, out_dir, task_obj.name, pattern, recursive)
-    all_inputs = {p.resolve() for job in jobs for p in job.inputs}
-    summary = {
-        "task": task_obj.name,
-        "weights": str(restorer.weights if restorer is not None else weights or "(shipped)"),
-        "input_dir": str(in_dir), "output_dir": str(out_dir), "pattern": pattern, "recursive": recursive,
-        "options": dict(options.as_json(), jpeg_quality=jpeg_quality, compression=compression),
-        "started": _now(), "finished": None, "interrupted": False,
-        "counts": {"succeeded": 0, "failed": 0, "skipped": 0, "total": len(jobs)},
-        "succeeded": [], "failed": [], "skipped": [],
-    }
 
     def record(kind, entry):
         summary[kind].append(entry)
@@ -310,7 +339,7 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
         summary["weights"] = str(restorer.weights)
     if restorer is not None:
         options = restorer.options(options)   # the model file's defaults and limits, checked once
-        summary["options"] = dict(options.as_json(), jpeg_quality=jpeg_quality, compression=compression)
+        summary["options"] = summary_options(options, jpeg_quality, compression)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         for job in jobs:

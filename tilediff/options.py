@@ -76,6 +76,23 @@ def _check_choice(name, value, choices, optional=True):
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
 
+class TaskOptions:
+    """Base of a task's own options (a frozen dataclass declared by the task): its field names, built
+    from keyword arguments (checked in the dataclass's ``__post_init__``), and its model-file defaults
+    (``resolve``; none by default)."""
+
+    @classmethod
+    def names(cls):
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, **options):
+        return cls(**options)
+
+    def resolve(self, meta):
+        return self
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     """How to restore an image. ``None`` means: the model file's choice, else the documented default.

@@ -129,7 +129,7 @@ class Restorer:
         # 3. the task's start of the reverse runs
         start = None
         if self.pipeline is not None:
-            start = self.pipeline.prepare(x, opts, engine.schedule_for(self.model, opts.steps).T, self.device)
+            start = self.pipeline.prepare(x, opts, int(self.model.sde["T"]), self.device)
         lens = opts.task_options.values if self.task.needs_lens else None
         # 4. the engine
         out = engine.restore_tensor(self.model, x, opts, self.device, lens=lens,

@@ -8,6 +8,8 @@ numbers), ``cuda_graphs``, ``oom`` (out-of-memory retry), ``host_memory`` (the h
 The public names are imported on first use, so that ``tilediff.engine.host_memory`` can be imported
 (and the host allocator tuned) before torch is.
 """
+from .._lazy import lazy_attributes
+
 _PUBLIC = {
     "restore_tensor": "tilediff.engine.stages",
     "DTYPES": "tilediff.engine.plan",
@@ -24,10 +26,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name):
-    if name in _PUBLIC:
-        import importlib
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tilediff.engine' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _PUBLIC)

@@ -1,7 +1,8 @@
 """The sample stage: reverse-process runs over the canvas, their final states averaged.
 
 Each run starts at x_T = μ + λz (or, with a prior image, from the forward process around its latent
-at ``start_step``) and runs ``sde.sample`` down to x_0, with ε from ``NoiseNetEvaluation`` (whole or
+at ``start_step``) and runs ``sde.sample`` down to x_0 in ``options.steps`` network evaluations on the
+model's own schedule (``sde.timesteps`` spaces them), with ε from ``NoiseNetEvaluation`` (whole or
 tiled, per the plan). With ``samples`` = K > 1 the reverse process runs K times from the same μ, run
 k drawing its random numbers from stream k (run 0 is the single-sample result), and the K final
 latents are averaged: a Monte-Carlo estimate of the posterior mean, which is what minimises the
@@ -16,7 +17,7 @@ from .. import sde
 from .noise_net import NoiseNetEvaluation
 from .rng import START_STEP, run_noise
 
-__all__ = ["ORIENTATIONS", "schedule_for", "sample_canvas", "SampleProgress"]
+__all__ = ["ORIENTATIONS", "schedule_for", "run_steps", "sample_canvas", "SampleProgress"]
 
 # Orientations of the canvas for the ensemble, as (name, forward, inverse) on (..., H, W) tensors:
 # the identity, a horizontal flip, the transpose and the transpose of the flip.  Vertical flips are
@@ -29,14 +30,18 @@ ORIENTATIONS = (
 )
 
 
-def schedule_for(model, steps=None):
-    """The model's SDE schedule, with T = ``steps`` when given."""
-    cfg = dict(model.sde)
-    if steps is not None:
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        cfg["T"] = steps
-    return sde.make_schedule(**cfg)
+def schedule_for(model):
+    """The model's own T-step SDE schedule: the one its network was trained on. Fewer steps visit
+    fewer of its time steps (``sde.timesteps``); they never rebuild it."""
+    return sde.make_schedule(**model.sde)
+
+
+def run_steps(options, start, T):
+    """Network evaluations per run: ``options.steps`` (None: every step from ``start`` down), at most
+    the ``start`` steps below a prior start (more are capped: they do not exist there)."""
+    if not 1 <= start <= T:
+        raise ValueError(f"start step must be in 1..{T}, got {start}")
+    return start if options.steps is None else min(options.steps, start)
 
 
 def sample_canvas(model, mu, plan, options, device, dtype, *, lens=None, guess=None, start_step=None,
@@ -49,11 +54,10 @@ def sample_canvas(model, mu, plan, options, device, dtype, *, lens=None, guess=N
     stay on the device. ``report(stage, done, total)``: progress; ``stats["cuda_graph"]``: the noise
     network's graph counts (``NoiseNetEvaluation.graph_stats``).
     """
-    sch = schedule_for(model, options.steps)
+    sch = schedule_for(model)
     runs = options.samples
-    steps = sch.T if guess is None else start_step
-    if not 1 <= steps <= sch.T:
-        raise ValueError(f"start step must be in 1..{sch.T}, got {steps}")
+    start = sch.T if guess is None else start_step
+    steps = run_steps(options, start, sch.T)
     orientations = ORIENTATIONS if options.ensemble else ORIENTATIONS[:1]
     layout = _memory_format(mu)
     if device.type == "cuda":
@@ -76,11 +80,11 @@ def sample_canvas(model, mu, plan, options, device, dtype, *, lens=None, guess=N
             if guess is None:
                 x = sde.start_state(sch, mu_run, noise(START_STEP, mu_run))
             else:
-                x = sde.prior_start_state(sch, _turn(guess, orientation, layout), mu_run, steps,
+                x = sde.prior_start_state(sch, _turn(guess, orientation, layout), mu_run, start,
                                           noise(START_STEP, mu_run))
             x = sde.sample(noise_net, x, mu_run, sch, options.sampler, noise,
                            callback=lambda i, t, first=run * steps: progress.evaluated(first + i, noise_net),
-                           start_step=steps)
+                           start_step=start, steps=steps)
         x = orientation[2](x)
         total = x.clone() if total is None else total.add_(x)
     return (total / runs if runs > 1 else total).cpu()

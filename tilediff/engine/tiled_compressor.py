@@ -2,44 +2,59 @@
 
 The compressor is local (3×3 convolutions, stride-2 downsampling, nearest upsampling) except the
 LinearAttention on its deepest level, in the encoder and in the decoder. So the work is cut at those
-two global layers, and each local part runs over tiles with a halo computed from its receptive field:
+two global layers, and each local part runs over tiles with a halo computed from its receptive field.
+Where each tile's data comes from and goes to:
 
-encode
-  1. local: image → every skip up to the deepest level's second ResBlock (one fused pass per tile);
-  2. global: the encoder attention, its softmax/k·v sums accumulated over all tiles, then applied;
-  3. local: the deepest downsample conv and latent_conv → the latent canvas.
-decode
-  4. local: post_latent_conv and the deepest level's ResBlocks (with the deepest skips);
-  5. global: the decoder attention, accumulated then applied, as in 2;
-  6. local: the rest of the decoder up to final_conv (one fused pass per tile, reading the skips of
-     its region: kept on the host, or recomputed from the image by step 1's local encoder).
+encode (``encode``)
+  1. local: each tile reads its region (+ halo, reflect-padded at the right and bottom edges) from
+     the source → the kept skips of its core, its core of the deepest pre-attention map (the
+     ``deep_x`` canvas), and its part of the encoder attention's softmax/k·v sums. Either one pass
+     per level, each with its own small halo, through transient level canvases (fast), or one
+     fused pass with the whole encoder's halo (no canvas at all);
+  2. per tile of ``deep_x`` (+ halo 2): the attention applied with the merged sums → the deepest
+     skip and, through the last conv and latent_conv, the tile's core of the latent canvas.
+decode (``decode_bands``, a generator)
+  3. per tile of the latent (+ halo 4): post_latent_conv and the deepest ResBlocks with the deepest
+     skips → the ``deep_a`` canvas and the decoder attention's sums;
+  4. per output tile, in raster order: the whole rest of the decoder on the tile's region, grown
+     level by level by each level's halo (attention on ``deep_a`` with the sums, then each finer
+     level with its skips: kept ones sliced from their canvases, the others recomputed from the
+     source by the local encoder); each finished row of tiles is yielded as a band of rows.
 
-Tiles are cut on the deepest level's grid (units of 2^(depth−1) pixels), so every level's region
-starts on its own stride grid, and regions are clipped at the canvas edges, where each convolution's
-own zero padding is then the whole-image padding. Interior halos are cropped away after the pass.
+No decoder level canvas exists: a tile's levels are computed on the tile's own region. Canvases
+(``canvas.Canvas``) live in RAM or in a scratch file, as the plan's ``where`` says. Tiles are cut
+on the deepest level's grid (units of 2^(depth−1) pixels), so every level's region starts on its
+own stride grid, and regions are clipped at the canvas edges, where each convolution's own zero
+padding is then the whole-image padding. Interior halos are cropped away after each level.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..models.compressor import reflect_index
-from ..tiling import partition
+from ..tiling import Tile, partition
+from .canvas import Canvas, TensorSource
 from .oom import retry_smaller
 
+__all__ = ["TiledCompressor", "Encoded", "padded_region", "encoder_halo", "finest_decode_halo",
+           "decoder_halos", "decode_reach"]
 
-# Host canvases are channels-last like the tiles, so that slicing a region out of them and storing a
-# tile's core back are plain copies rather than layout transposes.
+# Tiles on the device are channels-last: the convolutions run about twice as fast in it.
 CL = torch.channels_last
 
 
-def padded_region(image, region, padded_hw):
-    """The region of the reflect-padded image (padding right/bottom to ``padded_hw``) as a tensor."""
-    _, _, h, w = image.shape
+def padded_region(source, region, padded_hw):
+    """A region (pixels) of the source reflect-padded at the right/bottom to ``padded_hw``, as a
+    (1, C, h, w) float32 tensor; only the rows and columns it needs are read from the source."""
+    h, w = source.height, source.width
+    if region.y1 <= h and region.x1 <= w:
+        return torch.as_tensor(source.region(region.y0, region.y1, region.x0, region.x1))[None]
     rows = reflect_index(padded_hw[0], h)[region.y0:region.y1]
     cols = reflect_index(padded_hw[1], w)[region.x0:region.x1]
-    if region.y1 <= h and region.x1 <= w:
-        return image[:, :, region.y0:region.y1, region.x0:region.x1]
-    return image[:, :, rows][:, :, :, cols]
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    block = torch.as_tensor(source.region(r0, r1, c0, c1))
+    return block[:, rows - r0][:, :, cols - c0][None]
 
 
 def encoder_halo(depth, levels=None):
@@ -59,43 +74,76 @@ def finest_decode_halo(depth):
     return -(-(1 + 4 + 2 + 1) // 2 ** (depth - 1))
 
 
+def decoder_halos(depth):
+    """Halo, in deepest-level units, of decoder level k = 1..depth−1 (index k; 0 for the deepest):
+    its upsample conv and two ResBlocks (and at the finest level the last two convs), plus 1 px."""
+    halos = [0]
+    for k in range(1, depth):
+        scale = 2 ** (k - 1) if False else 2 ** (depth - 1 - (depth - 1 - k))   # pixels per unit at level depth−1−k
+        halo_px = 1 + 4 + (2 if k == depth - 1 else 0) + 1
+        halos.append(-(-halo_px // scale))
+    return halos
+
+
+def decode_reach(depth):
+    """How far, in deepest-level units, an output tile's region at the deepest level reaches
+    beyond the tile: the decoder levels' halos added up."""
+    return sum(decoder_halos(depth))
+
+
 @dataclass
-class Canvas:
-    """Where the tiled compressor keeps its state between stages (host tensors)."""
+class Encoded:
+    """What the encode keeps for the decode: the latent canvas and the skips (``skips[j]``: a
+    ``Canvas`` of hidden tensor j, or None where it is recomputed from the source)."""
 
     image_hw: tuple
     padded_hw: tuple
-    latent: torch.Tensor = None
-    skips: list = None             # hidden[0..], None where recomputed
-    skip_dtype: torch.dtype = torch.float32
+    latent: Canvas = None
+    skips: list = None
+
+    def close(self):
+        for canvas in (self.skips or []):
+            if canvas is not None:
+                canvas.close()
+        self.skips = None
 
 
 class TiledCompressor:
-    """Runs a ``Compressor`` over tiles of a host canvas on ``device`` in ``dtype``."""
+    """Runs a ``Compressor`` over tiles on ``device`` in ``dtype``, host canvases per ``where``.
+
+    ``keep_from``: the first encoder level whose skips are kept (0: all; ``depth`` − 1: only the
+    deepest; the deepest level's are always kept); the finer ones are recomputed from the source at
+    decode time. ``keep_skips``/``recompute_levels`` say the same the older way (False: only the
+    deepest kept; ``recompute_levels`` = r: levels below r recomputed). ``skip_dtype``: the kept
+    skips' dtype. ``level_by_level``: the encode's local part one pass per level (transient level
+    canvases in RAM), else one fused pass. ``where``: canvas name ("deep_x", "deep_a", "skips")
+    → a scratch folder for a file canvas, or None (default) for RAM.
+    """
 
     def __init__(self, compressor, device, dtype=torch.float32, tile=32, keep_skips=True,
-                 skip_dtype=torch.float32, level_dtype=torch.float32, progress=None, recompute_levels=None):
+                 skip_dtype=torch.float32, level_dtype=None, progress=None, recompute_levels=None, *,
+                 keep_from=None, level_by_level=None, where=None):
         self.net = compressor
         self.device = device
         self.dtype = dtype
         self.tile = max(1, int(tile))            # in deepest-level units
-        self.keep_skips = keep_skips
-        # encoder levels whose skips are recomputed at decode time instead of kept: all but the
-        # deepest when keep_skips is False; with keep_skips, the finest ``recompute_levels`` levels
-        # (level 0 holds most of the skip memory and is the cheapest to recompute).
-        self.recompute_levels = (compressor.depth - 1 if not keep_skips else (recompute_levels or 0))
-        self.skip_dtype = skip_dtype
-        self.level_dtype = level_dtype           # the decoder's per-level output canvases
-        self.progress = progress
         self.depth = compressor.depth
+        if keep_from is None:
+            keep_from = (recompute_levels or 0) if keep_skips else self.depth - 1
+        self.keep_from = min(int(keep_from), self.depth - 1)
+        self.skip_dtype = skip_dtype
+        self.level_by_level = keep_skips if level_by_level is None else level_by_level
+        self.where = dict(where or {})
+        self.progress = progress
         self.unit = 2 ** (compressor.depth - 1)  # pixels per deepest-level unit
         self.enc_halo = encoder_halo(self.depth)
-        compressor.to(memory_format=torch.channels_last)
+        self.halos = decoder_halos(self.depth)
+        compressor.to(memory_format=CL)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _retry(self, run_pass):
         """Run one pass over tiles; on a CUDA out-of-memory error halve the tile and run it again.
-        Passes write fresh canvases, so a repeated pass gives the same result."""
+        Passes write fresh outputs, so a repeated pass gives the same result."""
         return retry_smaller(run_pass, self._halve_tile)
 
     def _halve_tile(self):
@@ -106,37 +154,18 @@ class TiledCompressor:
         return True
 
     def _dev(self, x):
-        # channels-last: the convolutions run about twice as fast in it (oneDNN and cuDNN)
-        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
-
-    def _host(self, x, dtype=torch.float32):
-        return x.to(device="cpu", dtype=dtype)
+        return x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=CL)
 
     def _report(self, stage, done, total):
         if self.progress is not None:
             self.progress(stage, done, total)
 
-    def _level_scale(self, level):
+    def _scale(self, level):
         """Pixels of ``level`` per deepest-level unit."""
         return 2 ** (self.depth - 1 - level)
 
-    def _deep_hw(self, canvas):
-        return canvas.padded_hw[0] // self.unit, canvas.padded_hw[1] // self.unit
-
-    def _local_encoder(self, image, canvas, region, levels):
-        """Run init_conv and the ResBlocks/downsamples of ``levels`` levels on an image region
-        (deepest units); returns the hidden list for that region (and the last block2 output)."""
-        x = self._dev(padded_region(image, region.scaled(self.unit), canvas.padded_hw))
-        x = self.net.init_conv(x)
-        hidden = [x]
-        for level, (block1, block2, _, down) in enumerate(self.net.encoder[:levels]):
-            x = block1(x)
-            hidden.append(x)
-            x = block2(x)
-            hidden.append(x)
-            if level < self.depth - 1:
-                x = down(x)
-        return hidden
+    def _canvas(self, name, channels, height, width, dtype=torch.float32):
+        return Canvas(channels, height, width, folder=self.where.get(name), dtype=dtype)
 
     @staticmethod
     def _level_of(index):
@@ -145,221 +174,297 @@ class TiledCompressor:
 
     def _crop(self, tensor, level, core, region):
         """Cut the ``core`` tile (deepest units) out of a tensor holding ``region`` at ``level``."""
-        s = self._level_scale(level)
+        s = self._scale(level)
         ys, xs = core.scaled(s).relative_to(region.scaled(s))
         return tensor[:, :, ys, xs]
 
-    # ---- global attention over a canvas ---------------------------------------------------------
-    def _attention(self, residual, canvas_tensor, stage):
-        """canvas + attention(norm(canvas)) with the global sums accumulated over tiles."""
-        prenorm = residual.fn
-        attn = prenorm.fn
-        h, w = canvas_tensor.shape[-2:]
-        tiles = partition(h, w, max(self.tile, 64))  # no halo needed: per-pixel apply
-        parts = []
-        for i, t in enumerate(tiles):
-            x = self._dev(canvas_tensor[:, :, t.y0:t.y1, t.x0:t.x1])
-            parts.append(tuple(p.float() if torch.is_tensor(p) else p for p in attn.reduce(prenorm.norm(x))))
-            self._report(stage, i + 1, 2 * len(tiles))
-        sums = attn.merge(parts)   # float32 (see LinearAttention.reduce): a 16-bit Σ overflows on large maps
-        sums = tuple(p.to(self.device) if torch.is_tensor(p) else p for p in sums)
-        out = torch.empty_like(canvas_tensor)
-        for i, t in enumerate(tiles):
-            x = self._dev(canvas_tensor[:, :, t.y0:t.y1, t.x0:t.x1])
-            out[:, :, t.y0:t.y1, t.x0:t.x1] = self._host(attn.apply(prenorm.norm(x), sums) + x, out.dtype)
-            self._report(stage, len(tiles) + i + 1, 2 * len(tiles))
-        return out
+    def _read(self, canvas, region, level):
+        """A region (deepest units) of a canvas at ``level``, on the device."""
+        r = region.scaled(self._scale(level))
+        return self._dev(canvas.read(r.y0, r.y1, r.x0, r.x1))
 
-    def _local_at_deepest(self, fn, inputs, halo, stage):
-        """Apply a local function of deepest-level canvases over tiles with a halo."""
-        h, w = inputs[0].shape[-2:]
-        out = None
-        tiles = partition(h, w, self.tile)
-        for i, core in enumerate(tiles):
-            region = core.grow(halo, h, w)
-            y = fn(*[self._dev(t[:, :, region.y0:region.y1, region.x0:region.x1]) for t in inputs])
-            if out is None:
-                out = torch.empty(1, y.shape[1], h, w, memory_format=CL)
-            ys, xs = core.relative_to(region)
-            out[:, :, core.y0:core.y1, core.x0:core.x1] = self._host(y[:, :, ys, xs])
-            self._report(stage, i + 1, len(tiles))
-        return out
+    def _store(self, canvas, tensor, level, core, region):
+        """Write the core of a region's tensor (at ``level``) into a canvas."""
+        r = core.scaled(self._scale(level))
+        canvas.write(r.y0, r.x0, self._crop(tensor, level, core, region).to("cpu", canvas.dtype))
+
+    def _local_encoder(self, source, encoded, region, levels):
+        """init_conv and the ResBlocks/downsamples of ``levels`` levels on a source region (deepest
+        units); returns the hidden list for that region (its last entry: the last block2 output)."""
+        x = self._dev(padded_region(source, region.scaled(self.unit), encoded.padded_hw))
+        x = self.net.init_conv(x)
+        hidden = [x]
+        for level, (block1, block2, _, down) in enumerate(self.net.encoder[:levels]):
+            x = block1(x)
+            hidden.append(x)
+            x = block2(x)
+            hidden.append(x)
+            if level < levels - 1:
+                x = down(x)
+        return hidden
+
+    def _hidden_channels(self):
+        channels = [self.net.init_conv.out_channels]
+        for block1, _, _, _ in self.net.encoder:
+            channels += [block1.block1.proj.out_channels] * 2
+        return channels
 
     # ---- encode -----------------------------------------------------------------------------
-    def encode(self, image):
-        """image (1, C, H, W) on the host → Canvas with the latent and (kept) skips."""
-        _, _, h, w = image.shape
+    def encode(self, source, keep=True):
+        """The source (a region source, or a (1, C, H, W) tensor) → ``Encoded``: the latent canvas
+        and the kept skips (none with ``keep=False``: the latent of a prior image)."""
+        if torch.is_tensor(source):
+            source = TensorSource(source)
+        h, w = source.height, source.width
         m = self.net.multiple
-        canvas = Canvas((h, w), (h + (m - h % m) % m, w + (m - w % m) % m), skip_dtype=self.skip_dtype)
-        dh, dw = self._deep_hw(canvas)
-        n_hidden = 1 + 2 * self.depth
-        shapes = self._hidden_shapes(canvas)
-        keep = [self._level_of(i) >= self.recompute_levels for i in range(n_hidden)]
-        skips = [torch.empty(s, dtype=self.skip_dtype, memory_format=CL) if k else None
-                 for s, k in zip(shapes, keep)]
-        if self.keep_skips:   # (recomputing only the finest levels still uses the level-by-level pass)
-            deepest_pre_attention = self._retry(lambda: self._encode_level_by_level(image, canvas, skips))
-        else:
-            deepest_pre_attention = self._retry(lambda: self._encode_fused(image, canvas, skips))
-        last = self.net.encoder[-1]
-        deepest = self._retry(lambda: self._attention(last[2], deepest_pre_attention, "encode-attention"))
-        deepest_pre_attention = None  # free it before the next pass
-        skips[-1] = deepest.to(skips[-1].dtype)
-        canvas.latent = self._retry(lambda: self._local_at_deepest(lambda x: self.net.latent_conv(last[3](x)),
-                                                                   [deepest], 2, "encode-latent"))
-        canvas.skips = skips
-        return canvas
+        encoded = Encoded((h, w), (h + (m - h % m) % m, w + (m - w % m) % m))
+        dh, dw = encoded.padded_hw[0] // self.unit, encoded.padded_hw[1] // self.unit
+        channels = self._hidden_channels()
+        skips = [None] * len(channels)
+        if keep:
+            for j, c in enumerate(channels):
+                level = self._level_of(j)
+                if level >= self.keep_from:
+                    name = "deepest" if level == self.depth - 1 else "skips"
+                    skips[j] = self._canvas(name, c, dh * self._scale(level), dw * self._scale(level),
+                                            self.skip_dtype)
+        deep_x = self._canvas("deep_x", channels[-1], dh, dw)
+        try:
+            # 1. the local encoder over tiles → kept skips, deep_x and the attention's partial sums
+            if self.level_by_level and keep:
+                parts = self._retry(lambda: self._encode_level_by_level(source, encoded, skips, deep_x))
+            else:
+                parts = self._retry(lambda: self._encode_fused(source, encoded, skips, deep_x))
+            attention = self.net.encoder[-1][2].fn
+            sums = tuple(p.to(self.device) if torch.is_tensor(p) else p for p in attention.fn.merge(parts))
+            # 2. the attention applied per tile → the deepest skip and the latent
+            encoded.latent = self._canvas("latent", self.net.latent_conv.out_channels, dh, dw)
+            self._retry(lambda: self._encode_latent(deep_x, sums, skips[-1], encoded.latent))
+        finally:
+            deep_x.close()
+        encoded.skips = skips if keep else None
+        return encoded
 
-    def _encode_fused(self, image, canvas, skips):
-        """All local encoder levels in one pass per tile (one large halo); keeps only what ``skips``
-        has room for. Used when the skips are recomputed, since it needs no intermediate canvas."""
-        dh, dw = self._deep_hw(canvas)
-        deepest_pre_attention = None
+    def latent_of(self, source):
+        """The latent canvas of another image (a prior estimate): no skips kept."""
+        return self.encode(source, keep=False).latent
+
+    def _reduce(self, x):
+        """The encoder attention's partial sums over a tile of the deepest pre-attention map."""
+        prenorm = self.net.encoder[-1][2].fn
+        return tuple(p.float() if torch.is_tensor(p) else p for p in prenorm.fn.reduce(prenorm.norm(x)))
+
+    def _encode_fused(self, source, encoded, skips, deep_x):
+        """All local encoder levels in one pass per tile (the whole encoder's halo); no canvas."""
+        dh, dw = deep_x.height, deep_x.width
+        parts = []
         tiles = partition(dh, dw, self.tile)
         for i, core in enumerate(tiles):
             region = core.grow(self.enc_halo, dh, dw)
-            hidden = self._local_encoder(image, canvas, region, self.depth)
+            hidden = self._local_encoder(source, encoded, region, self.depth)
             for j, tensor in enumerate(hidden[:-1]):
-                self._store(skips, j, tensor, self._level_of(j), core, region)
-            if deepest_pre_attention is None:
-                deepest_pre_attention = torch.empty(1, hidden[-1].shape[1], dh, dw, memory_format=CL)
-            deepest_pre_attention[..., core.y0:core.y1, core.x0:core.x1] = \
-                self._host(self._crop(hidden[-1], self.depth - 1, core, region))
+                if skips[j] is not None:
+                    self._store(skips[j], tensor, self._level_of(j), core, region)
+            x = self._crop(hidden[-1], self.depth - 1, core, region)
+            deep_x.write(core.y0, core.x0, x.to("cpu", torch.float32))
+            parts.append(self._reduce(x))
             self._report("encode", i + 1, len(tiles))
-        return deepest_pre_attention
+        return parts
 
-    def _store(self, skips, index, tensor, level, core, region):
-        """Write the core of a region's hidden tensor into its kept skip canvas (if it is kept)."""
-        if skips[index] is not None:
-            ys, xs = core.scaled(self._level_scale(level)).slices
-            skips[index][:, :, ys, xs] = self._host(self._crop(tensor, level, core, region), skips[index].dtype)
-
-    def _encode_level_by_level(self, image, canvas, skips):
-        """One pass per level with that level's own small halo, writing the skips and the next
-        level's input canvas (the DESIGN's 'halo per level'); faster than the fused pass when the
-        skips are kept anyway, for one extra transient canvas per level."""
-        dh, dw = self._deep_hw(canvas)
+    def _encode_level_by_level(self, source, encoded, skips, deep_x):
+        """One pass per level with that level's own small halo, writing the kept skips and the next
+        level's input canvas (the DESIGN's 'halo per level'); faster than the fused pass, for one
+        transient canvas per level (in RAM)."""
+        dh, dw = deep_x.height, deep_x.width
         tiles = partition(dh, dw, self.tile)
         total = len(tiles) * self.depth
-        level_input = None
+        level_input, parts = None, []
         for level, (block1, block2, _, down) in enumerate(self.net.encoder):
-            scale = self._level_scale(level)
+            scale = self._scale(level)
             last = level == self.depth - 1
-            halo_px = (1 if level == 0 else 0) + 4 + (0 if last else 2) + 1
-            halo = -(-halo_px // scale)
+            halo = -(-((1 if level == 0 else 0) + 4 + (0 if last else 2) + 1) // scale)
             out = None
             for i, core in enumerate(tiles):
                 region = core.grow(halo, dh, dw)
                 if level == 0:
-                    x = self.net.init_conv(self._dev(padded_region(image, region.scaled(self.unit), canvas.padded_hw)))
-                    self._store(skips, 0, x, 0, core, region)
+                    x = self.net.init_conv(self._dev(padded_region(source, region.scaled(self.unit),
+                                                                   encoded.padded_hw)))
+                    if skips[0] is not None:
+                        self._store(skips[0], x, 0, core, region)
                 else:
-                    r = region.scaled(scale)
-                    x = self._dev(level_input[:, :, r.y0:r.y1, r.x0:r.x1])
+                    x = self._read(level_input, region, level)
                 x = block1(x)
-                self._store(skips, 2 * level + 1, x, level, core, region)
+                if skips[2 * level + 1] is not None:
+                    self._store(skips[2 * level + 1], x, level, core, region)
                 x = block2(x)
                 if last:
-                    y, y_level = x, level
+                    x = self._crop(x, level, core, region)
+                    deep_x.write(core.y0, core.x0, x.to("cpu", torch.float32))
+                    parts.append(self._reduce(x))
                 else:
-                    self._store(skips, 2 * level + 2, x, level, core, region)
-                    y, y_level = down(x), level + 1
-                if out is None:
-                    s2 = self._level_scale(y_level)
-                    out = torch.empty(1, y.shape[1], dh * s2, dw * s2, memory_format=CL)
-                out[(slice(None), slice(None)) + core.scaled(self._level_scale(y_level)).slices] = \
-                    self._host(self._crop(y, y_level, core, region))
+                    if skips[2 * level + 2] is not None:
+                        self._store(skips[2 * level + 2], x, level, core, region)
+                    y = down(x)
+                    if out is None:
+                        s2 = self._scale(level + 1)
+                        out = Canvas(y.shape[1], dh * s2, dw * s2)
+                    self._store(out, y, level + 1, core, region)
                 self._report("encode", level * len(tiles) + i + 1, total)
             level_input = out
-        return level_input
+        return parts
 
-    def _hidden_shapes(self, canvas):
-        hp, wp = canvas.padded_hw
-        shapes = [(1, self.net.init_conv.out_channels, hp, wp)]
-        for level, (block1, _, _, _) in enumerate(self.net.encoder):
-            s = 2 ** level
-            c = block1.block1.proj.out_channels
-            shapes += [(1, c, hp // s, wp // s)] * 2
-        return shapes
+    def _encode_latent(self, deep_x, sums, deepest_skip, latent):
+        """Per tile of deep_x (+ halo 2): attention with the merged sums → the deepest skip (the
+        attention's output) and the latent (the last conv and latent_conv)."""
+        last = self.net.encoder[-1]
+        prenorm = last[2].fn
+        dh, dw = deep_x.height, deep_x.width
+        tiles = partition(dh, dw, self.tile)
+        for i, core in enumerate(tiles):
+            region = core.grow(2, dh, dw)
+            x = self._dev(deep_x.read(region.y0, region.y1, region.x0, region.x1))
+            y = prenorm.fn.apply(prenorm.norm(x), sums) + x
+            if deepest_skip is not None:
+                self._store(deepest_skip, y, self.depth - 1, core, region)
+            z = self.net.latent_conv(last[3](y))
+            latent.write(core.y0, core.x0, self._crop(z, self.depth - 1, core, region).to("cpu", torch.float32))
+            self._report("encode-latent", i + 1, len(tiles))
 
     # ---- decode -----------------------------------------------------------------------------
-    def decode(self, latent, canvas, image=None, release=False):
-        """Latent canvas (1, E, h, w) + the encode's Canvas → output (1, C, H, W) on the host.
-
-        Level by level: the deepest level (local part, then attention) on the deepest canvas, then
-        one pass per finer level (upsample of the previous level's output + this level's ResBlocks,
-        and at the finest level the last conv and final_conv), each with its own small halo.
-        ``image`` is needed when the skips are recomputed (keep_skips=False); ``release`` frees the
-        kept skips of a level once its pass is done (the canvas cannot be decoded again then).
-        """
-        if self.recompute_levels and image is None:
-            raise ValueError("decode needs the image to recompute the skips")
-        skips = canvas.skips
-        first = self.net.decoder[0]
-        deep_a = self._retry(lambda: self._local_at_deepest(
-            lambda z, s1, s2: first[1](torch.cat([first[0](torch.cat([self.net.post_latent_conv(z), s1], 1)), s2], 1)),
-            [latent, skips[-1], skips[-2]], 4, "decode-deep"))
-        y = self._retry(lambda: self._attention(first[2], deep_a, "decode-attention"))
-        deep_a = None
-        if release:
-            skips[-1] = skips[-2] = None
-        for k in range(1, self.depth):
-            y = self._retry(lambda: self._decode_level(k, y, canvas, image))
-            if release:
-                skips[2 * self.depth - 2 * k] = skips[2 * self.depth - 2 * k - 1] = None
-        return y
-
-    def _decode_level(self, k, previous, canvas, image):
-        """Decoder level k ≥ 1 over tiles: up(previous) → two ResBlocks with skips [→ final convs]."""
-        d = self.depth
-        level = d - 1 - k                       # the encoder level (scale) this decoder level runs at
-        scale = self._level_scale(level)
-        finest = k == d - 1
-        block1, block2, attn, up = self.net.decoder[k]
-        halo_px = 1 + 4 + (2 if finest else 0) + 1       # upsample conv, ResBlocks, last convs, margin
-        halo = -(-halo_px // scale)
-        dh, dw = self._deep_hw(canvas)
-        skip_a, skip_b = 2 * d - 2 * k, 2 * d - 2 * k - 1   # = hidden[-(2k+1)], hidden[-(2k+2)]
-        tiles = partition(dh, dw, self.tile)
-        if finest:
-            out = torch.empty(1, self.net.final_conv.out_channels, *canvas.image_hw)
-        else:
-            out = torch.empty(1, block2.block2.proj.out_channels, dh * scale, dw * scale,
-                              dtype=self.level_dtype, memory_format=CL)
-        prev_scale = self._level_scale(level + 1)
-        for i, core in enumerate(tiles):
-            region = core.grow(halo, dh, dw)
-            hidden = self._level_skips(region, canvas, image, level, (skip_a, skip_b) + ((0,) if finest else ()))
-            r = region.scaled(prev_scale)
-            x = self.net.decoder[k - 1][3](self._dev(previous[:, :, r.y0:r.y1, r.x0:r.x1]))
-            x = block1(torch.cat([x, hidden[skip_a]], 1))
-            x = attn(block2(torch.cat([x, hidden[skip_b]], 1)))
-            if finest:
-                x = self.net.final_conv(up(x) + hidden[0])
-            ys, xs = core.scaled(scale).relative_to(region.scaled(scale))
-            x = x[:, :, ys, xs]
-            y0, x0 = core.y0 * scale, core.x0 * scale
-            hy, hx = min(x.shape[2], out.shape[2] - y0), min(x.shape[3], out.shape[3] - x0)
-            if hy > 0 and hx > 0:
-                out[:, :, y0:y0 + hy, x0:x0 + hx] = self._host(x[:, :, :hy, :hx], out.dtype)
-            self._report("decode", (k - 1) * len(tiles) + i + 1, (d - 1) * len(tiles))
+    def decode(self, latent, encoded, image=None, release=False):
+        """The decoded image as one (1, C, H, W) host tensor (``decode_bands`` collected).
+        ``latent``: a Canvas or a (1, E, h, w) tensor; ``image``: the source (or tensor) the
+        encode read, needed when skips are recomputed."""
+        h, w = encoded.image_hw
+        out = None
+        for y0, band in self.decode_bands(latent, encoded, image, release=release):
+            if out is None:
+                out = torch.empty(1, band.shape[2], h, w)
+            out[0, :, y0:y0 + band.shape[0]] = torch.from_numpy(band).permute(2, 0, 1)
         return out
 
-    def _level_skips(self, region, canvas, image, level, indices):
-        """The hidden tensors ``indices`` for a region (deepest units) on the device: sliced from
-        the kept skips, or recomputed by the local encoder's levels 0..level from the image."""
-        result = {}
-        missing = []
-        for j in indices:
-            if canvas.skips[j] is None:
+    def decode_bands(self, latent, encoded, source=None, release=True):
+        """Decode, yielding (y0, rows) bands of the output in raster order: ``rows`` is an
+        (h, W, C) float32 array of image rows y0..y0+h, clamped to [0, 1] (the rows of one row
+        of output tiles). ``release`` frees the kept skips once they are used (the encoded
+        image cannot be decoded again then)."""
+        if torch.is_tensor(latent):
+            latent = Canvas.of(latent.float())
+        if torch.is_tensor(source):
+            source = TensorSource(source)
+        skips = encoded.skips
+        if source is None and any(s is None for s in skips):
+            raise ValueError("decode needs the image to recompute the skips")
+        dh, dw = latent.height, latent.width
+        # 3. the deepest level's local part → deep_a and the decoder attention's sums
+        deep_a = self._canvas("deep_a", self.net.decoder[0][1].block2.proj.out_channels, dh, dw)
+        try:
+            parts = self._retry(lambda: self._decode_deep(latent, skips, deep_a))
+            attention = self.net.decoder[0][2].fn.fn
+            sums = tuple(p.to(self.device) if torch.is_tensor(p) else p for p in attention.merge(parts))
+            if release:
+                for j in (-1, -2):
+                    skips[j].close()
+                    skips[j] = None
+            # 4. every output tile through the rest of the decoder, a row of tiles at a time
+            band_rows = self.tile
+            for by0 in range(0, dh, band_rows):
+                by1 = min(dh, by0 + band_rows)
+                band = self._retry(lambda: self._decode_band(by0, by1, deep_a, sums, encoded, source))
+                if band is not None:
+                    yield by0 * self.unit, band
+                self._report("decode", by1, dh)
+        finally:
+            deep_a.close()
+            if release:
+                encoded.close()
+
+    def _decode_deep(self, latent, skips, deep_a):
+        """post_latent_conv and the deepest ResBlocks (with the deepest skips) per tile (+ halo 4)
+        → deep_a and the partial sums of the decoder attention."""
+        block1, block2, residual, _ = self.net.decoder[0]
+        prenorm = residual.fn
+        dh, dw = latent.height, latent.width
+        deepest = self.depth - 1
+        parts = []
+        tiles = partition(dh, dw, self.tile)
+        for i, core in enumerate(tiles):
+            region = core.grow(4, dh, dw)
+            z = self._dev(latent.read(region.y0, region.y1, region.x0, region.x1))
+            x = block1(torch.cat([self.net.post_latent_conv(z), self._read(skips[-1], region, deepest)], 1))
+            x = block2(torch.cat([x, self._read(skips[-2], region, deepest)], 1))
+            x = self._crop(x, deepest, core, region)
+            deep_a.write(core.y0, core.x0, x.to("cpu", torch.float32))
+            parts.append(tuple(p.float() if torch.is_tensor(p) else p for p in prenorm.fn.reduce(prenorm.norm(x))))
+            self._report("decode-deep", i + 1, len(tiles))
+        return parts
+
+    def _decode_band(self, by0, by1, deep_a, sums, encoded, source):
+        """Output rows of deepest units by0..by1 (the whole width) in tiles of ``self.tile``:
+        (rows, W, C) float32 image rows clamped to [0, 1], or None below the image."""
+        h, w = encoded.image_hw
+        y0, y1 = by0 * self.unit, min(h, by1 * self.unit)
+        if y0 >= y1:
+            return None
+        band = None
+        for ty in range(by0, by1, self.tile):
+            for core in partition(min(by1, ty + self.tile) - ty, deep_a.width, self.tile):
+                core = Tile(core.y0 + ty, core.y1 + ty, core.x0, core.x1)
+                x = self._decode_tile(core, deep_a, sums, encoded, source)
+                top, left = core.y0 * self.unit, core.x0 * self.unit
+                rows, cols = min(x.shape[2], h - top), min(x.shape[3], w - left)
+                if rows <= 0 or cols <= 0:
+                    continue
+                if band is None:
+                    band = np.empty((y1 - y0, w, x.shape[1]), np.float32)
+                tile = x[0, :, :rows, :cols].clamp(0, 1).permute(1, 2, 0).to("cpu", torch.float32)
+                band[top - y0:top - y0 + rows, left:left + cols] = tile.numpy()
+        return band
+
+    def _decode_tile(self, core, deep_a, sums, encoded, source):
+        """The decoder from deep_a to the output for one tile (deepest units): each level computed
+        on the tile's region grown by the halos of the levels after it, cropped as it goes."""
+        d = self.depth
+        dh, dw = deep_a.height, deep_a.width
+        regions = {d - 1: core.grow(self.halos[d - 1], dh, dw)}    # decoder level k's input region
+        for k in range(d - 2, 0, -1):
+            regions[k] = regions[k + 1].grow(self.halos[k], dh, dw)
+        cores = {k: (regions[k + 1] if k + 1 < d else core) for k in range(1, d)}
+        skips = self._tile_skips(regions, encoded, source)
+        residual = self.net.decoder[0][2]
+        x = self._dev(deep_a.read(regions[1].y0, regions[1].y1, regions[1].x0, regions[1].x1))
+        y = residual.fn.fn.apply(residual.fn.norm(x), sums) + x              # the decoder attention
+        for k in range(1, d):
+            level = d - 1 - k                     # the encoder level (scale) decoder level k runs at
+            block1, block2, attn, up = self.net.decoder[k]
+            x = self.net.decoder[k - 1][3](y)     # upsample of the previous level's output
+            x = block1(torch.cat([x, skips[2 * d - 2 * k]], 1))
+            x = attn(block2(torch.cat([x, skips[2 * d - 2 * k - 1]], 1)))
+            if k == d - 1:
+                x = self.net.final_conv(up(x) + skips[0])
+            y = self._crop(x, level, cores[k], regions[k])
+        return y
+
+    def _tile_skips(self, regions, encoded, source):
+        """The skips decoder levels 1..depth−1 need over their regions, on the device: sliced
+        from the kept canvases, or recomputed by the local encoder from the source."""
+        d = self.depth
+        wanted = {}                            # hidden index → the region it is needed over
+        for k in range(1, d):
+            for j in (2 * d - 2 * k, 2 * d - 2 * k - 1) + ((0,) if k == d - 1 else ()):
+                wanted[j] = regions[k]
+        result, missing = {}, []
+        for j, region in wanted.items():
+            if encoded.skips[j] is None:
                 missing.append(j)
-                continue
-            r = region.scaled(self._level_scale(self._level_of(j)))
-            result[j] = self._dev(canvas.skips[j][:, :, r.y0:r.y1, r.x0:r.x1])
+            else:
+                result[j] = self._read(encoded.skips[j], region, self._level_of(j))
         if missing:
             levels = max(self._level_of(j) for j in missing) + 1
-            dh, dw = self._deep_hw(canvas)
-            outer = region.grow(encoder_halo(self.depth, levels), dh, dw)
-            hidden = self._local_encoder(image, canvas, outer, levels)
-            result.update({j: self._crop(hidden[j], self._level_of(j), region, outer) for j in missing})
+            reach = max((wanted[j] for j in missing), key=lambda r: (r.y1 - r.y0) * (r.x1 - r.x0))
+            dh, dw = encoded.padded_hw[0] // self.unit, encoded.padded_hw[1] // self.unit
+            outer = reach.grow(encoder_halo(d, levels), dh, dw)
+            hidden = self._local_encoder(source, encoded, outer, levels)
+            for j in missing:
+                result[j] = self._crop(hidden[j], self._level_of(j), wanted[j], outer)
         return result

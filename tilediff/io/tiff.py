@@ -9,8 +9,11 @@ TIFF orientation tags are ignored, as most TIFF readers do.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,7 +24,8 @@ from .errors import ImageReadError, Unsupported
 from .exif import add_exif_to_tiff, read_tiff_exif
 from .samples import SAMPLE_TYPES, ImageData
 
-__all__ = ['TiffLayout', 'needs_bigtiff', 'read_tiff', 'read_region', 'tiff_size', 'write_tiff']
+__all__ = ['TiffLayout', 'TiffWindows', 'needs_bigtiff', 'read_tiff', 'read_region', 'tiff_size', 'write_tiff',
+           'write_tiff_bands']
 
 # Classic TIFF refuses offsets past 4 GiB; keep a margin for tags, ICC, EXIF.
 _BIGTIFF_LIMIT = 2**32 - 2**25
@@ -87,14 +91,104 @@ def read_tiff(path: Path, filesize: int) -> ImageData:
 
 def read_region(path: Path, filesize: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """Samples (y1 - y0, x1 - x0, S) of a window of the first page (see `read_tiff_region`)."""
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages.first
-        _page_checks(page, filesize)
-        height, width = page.imagelength, page.imagewidth
-        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
-            raise ImageReadError(path, f'window rows {y0}:{y1}, columns {x0}:{x1} is outside '
-                                 f'the {height}x{width} image')
-        return _read_window(tif.filehandle, page, y0, y1, x0, x1)
+    with TiffWindows(path, filesize, cache_bytes=0) as tif:
+        return tif.read(y0, y1, x0, x1)
+
+
+class TiffWindows:
+    """A TIFF's first page held open for reading by windows (the region source of a TIFF input).
+
+    The file is opened and checked once (`_page_checks`); each `read` decodes only the strips or
+    tiles the window touches, each through tifffile's own segment decoder. Decoded segments are
+    kept, least recently used first out, up to `cache_bytes`: the engine reads overlapping windows
+    (tiles with halos, in raster order), so a cache of about one row of segments across the image
+    decodes every segment about once. `icc`, `exif` and `layout` are read for the writer.
+    """
+
+    def __init__(self, path: Path, filesize: int, *, cache_bytes: int = 64 << 20):
+        self.path = Path(path)
+        self._tif = tifffile.TiffFile(self.path)
+        try:
+            page = self._page = self._tif.pages.first
+            _page_checks(page, filesize)
+            self.height, self.width = int(page.imagelength), int(page.imagewidth)
+            self.samples = int(page.samplesperpixel)
+            self.dtype = np.dtype(page.dtype)
+            icc_tag = page.tags.get(_TAG_ICC)
+            self.icc = bytes(icc_tag.value) if icc_tag is not None else None
+            self.exif = read_tiff_exif(self._tif.filehandle, page.offset, self._tif.byteorder,
+                                       self._tif.is_bigtiff)
+            self.layout = _layout(page, self._tif.is_bigtiff)
+        except BaseException:
+            self._tif.close()
+            raise
+        if page.is_tiled:
+            self.segment_shape = (int(page.tilelength), int(page.tilewidth))
+        else:
+            self.segment_shape = (min(page.rowsperstrip or self.height, self.height), self.width)
+        self.separate = int(page.planarconfig) == 2 and self.samples > 1
+        self.cache_bytes = int(cache_bytes)
+        self._cache = collections.OrderedDict()   # segment index -> decoded (rows, cols, samples)
+        self._cached = 0
+
+    def band_bytes(self, rows: int) -> int:
+        """Bytes of the decoded segments that a window of `rows` full-width rows touches: the
+        cache that makes reading a band of overlapping tiles decode each segment once."""
+        seg_h = self.segment_shape[0]
+        return (-(-rows // seg_h) + 1) * seg_h * self.width * self.samples * self.dtype.itemsize
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Samples (y1 - y0, x1 - x0, S) of a window, in the file's dtype."""
+        if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
+            raise ImageReadError(self.path, f'window rows {y0}:{y1}, columns {x0}:{x1} is outside '
+                                 f'the {self.height}x{self.width} image')
+        seg_h, seg_w = self.segment_shape
+        across = -(-self.width // seg_w)
+        per_plane = -(-self.height // seg_h) * across
+        out = np.empty((y1 - y0, x1 - x0, self.samples), self.dtype)
+        for plane in (range(self.samples) if self.separate else (0,)):
+            for ty in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
+                for tx in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
+                    segment = self._segment(plane * per_plane + ty * across + tx)
+                    top, left = ty * seg_h, tx * seg_w
+                    sy0, sy1 = max(y0, top) - top, min(y1, top + seg_h) - top
+                    sx0, sx1 = max(x0, left) - left, min(x1, left + seg_w) - left
+                    target = out[top + sy0 - y0:top + sy1 - y0, left + sx0 - x0:left + sx1 - x0]
+                    if self.separate:
+                        target[:, :, plane] = segment[sy0:sy1, sx0:sx1, 0]
+                    else:
+                        target[...] = segment[sy0:sy1, sx0:sx1]
+        return out
+
+    def _segment(self, index: int) -> np.ndarray:
+        """Segment `index` decoded, (rows, cols, samples): from the cache, or read and decoded."""
+        segment = self._cache.get(index)
+        if segment is not None:
+            self._cache.move_to_end(index)
+            return segment
+        page, fh = self._page, self._tif.filehandle
+        fh.seek(page.dataoffsets[index])
+        data = fh.read(page.databytecounts[index])
+        segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        segment = segment.reshape(segment.shape[-3:])  # (rows, cols, samples)
+        if self.cache_bytes > 0:
+            self._cache[index] = segment
+            self._cached += segment.nbytes
+            while self._cached > self.cache_bytes and len(self._cache) > 1:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached -= dropped.nbytes
+        return segment
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._cached = 0
+        self._tif.close()
+
+    def __enter__(self) -> TiffWindows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _page_checks(page, filesize: int) -> None:
@@ -169,43 +263,6 @@ def _samples_last(array: np.ndarray, axes: str) -> np.ndarray:
     return array
 
 
-def _read_window(fh, page, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Decode only the segments that touch the window: tifffile's asarray decodes them all, and its
-    windowed reading (aszarr) needs the zarr package.
-
-    Each segment goes through tifffile's own decoder (``page.decode``), so every compression and
-    predictor it handles works here too.
-    """
-    height, width = page.imagelength, page.imagewidth
-    nsamples = page.samplesperpixel
-    separate = int(page.planarconfig) == 2 and nsamples > 1
-    if page.is_tiled:
-        seg_h, seg_w = page.tilelength, page.tilewidth
-    else:
-        seg_h, seg_w = min(page.rowsperstrip or height, height), width
-    across = math.ceil(width / seg_w)
-    per_plane = math.ceil(height / seg_h) * across
-    out = np.empty((y1 - y0, x1 - x0, nsamples), page.dtype)
-    decode = page.decode
-    for plane in (range(nsamples) if separate else (0,)):
-        for ty in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
-            for tx in range(x0 // seg_w, (x1 - 1) // seg_w + 1):
-                index = plane * per_plane + ty * across + tx
-                fh.seek(page.dataoffsets[index])
-                data = fh.read(page.databytecounts[index])
-                segment = decode(data, index, jpegtables=page.jpegtables)[0]
-                segment = segment.reshape(segment.shape[-3:])  # (rows, cols, samples)
-                top, left = ty * seg_h, tx * seg_w
-                sy0, sy1 = max(y0, top) - top, min(y1, top + seg_h) - top
-                sx0, sx1 = max(x0, left) - left, min(x1, left + seg_w) - left
-                target = out[top + sy0 - y0:top + sy1 - y0, left + sx0 - x0:left + sx1 - x0]
-                if separate:
-                    target[:, :, plane] = segment[sy0:sy1, sx0:sx1, 0]
-                else:
-                    target[...] = segment[sy0:sy1, sx0:sx1]
-    return out
-
-
 # --------------------------------------------------------------------------
 # Writing
 
@@ -217,27 +274,104 @@ def write_tiff(fh, samples: np.ndarray, *, layout: TiffLayout | None, icc: bytes
     The layout (tiles or strips, planar configuration, extra samples) is the source's when there
     is one; compression and bigtiff as `write_image` documents them.
     """
-    nchan = samples.shape[2]
+    height, width, nchan = samples.shape
+    options, separate, bigtiff = _page_options((height, width, nchan), samples.dtype, layout=layout,
+                                               icc=icc, exif=exif, compression=compression, bigtiff=bigtiff)
+    if nchan == 1:
+        data = samples[:, :, 0]
+    elif separate:
+        data = np.moveaxis(samples, -1, 0)
+    else:
+        data = samples
+    with tifffile.TiffWriter(fh, bigtiff=bigtiff, byteorder='<') as tw:
+        tw.write(data, **options)
+    if exif:
+        add_exif_to_tiff(fh, exif, bigtiff)
+
+
+def write_tiff_bands(fh, shape: tuple[int, int, int], dtype, bands, *, layout: TiffLayout | None,
+                     icc: bytes | None, exif: bytes | None, compression, bigtiff: bool | None,
+                     scratch_dir=None) -> None:
+    """Samples arriving in bands of rows as a one-page TIFF into fh, the same file `write_tiff`
+    writes for the whole array.
+
+    `bands` yields (rows, W, S) arrays of `dtype` in raster order, covering `shape` = (H, W, S).
+    Tiles are handed to tifffile as each row of tiles completes, compressed strips as each strip
+    completes (encoded here with tifffile's own predictor and compressor functions), uncompressed
+    strips as they come; so only a row of tiles or one strip is held. Planar (separate) layouts
+    store each sample plane whole before the next, so their bands go to a temporary file in
+    `scratch_dir` first (removed when done, also on errors); so do strips of codecs with
+    options of their own (JPEG, ...), which then go through `write_tiff` whole.
+    """
+    height, width, nchan = shape
+    dtype = np.dtype(dtype)
+    options, separate, bigtiff = _page_options(shape, dtype, layout=layout, icc=icc, exif=exif,
+                                               compression=compression, bigtiff=bigtiff)
+    code, predictor = options['compression'], options['predictor'] or 1
+    tile = options.get('tile')
+    rows = tile[0] if tile else (options.get('rowsperstrip') or height)
+    encodable = tile is not None or code == 1 or code in _STRIP_CODECS
+    if separate or not encodable:
+        with _RowScratch(shape, dtype, scratch_dir) as scratch:
+            for band in bands:
+                scratch.append(band)
+            if not encodable:   # strips of a codec with options of its own: tifffile, whole
+                write_tiff(fh, scratch.rows(0, height), layout=layout, icc=icc, exif=exif,
+                           compression=compression, bigtiff=bigtiff)
+                return
+            data = itertools.chain.from_iterable(
+                _segments(_blocks(scratch.plane(p, rows), rows, height), tile, code, predictor)
+                for p in range(nchan))
+            _write_iterator(fh, data, (nchan, height, width), dtype, options, exif, bigtiff)
+        return
+    data = _segments(_blocks(bands, rows, height), tile, code, predictor)
+    _write_iterator(fh, data, (height, width) if nchan == 1 else shape, dtype, options, exif, bigtiff)
+
+
+def _segments(blocks, tile, code, predictor):
+    """What tifffile's writer takes from an iterator, from blocks of rows (a row of tiles or one
+    strip each): tiles from left to right (tifffile pads edge tiles), uncompressed row blocks as
+    they are, compressed strips as bytes encoded with tifffile's own predictor and compressor."""
+    if tile is not None:
+        for block in blocks:
+            for x in range(0, block.shape[1], tile[1]):
+                part = block[:, x:x + tile[1]]
+                yield part[:, :, 0] if part.shape[2] == 1 else part
+        return
+    if code == 1:
+        for block in blocks:
+            yield block[:, :, 0] if block.shape[2] == 1 else block
+        return
+    compress = tifffile.TIFF.COMPRESSORS[code]
+    predict = tifffile.TIFF.PREDICTORS[predictor] if predictor > 1 else None
+    kwargs = {'axis': -2} if code == 32773 else {}
+    for block in blocks:
+        block = np.ascontiguousarray(block)
+        yield compress(predict(block, axis=-2) if predict else block, **kwargs)
+
+
+# LZW, deflate (both codes), PackBits, LZMA, zstd: strips encodable here with tifffile's functions
+_STRIP_CODECS = frozenset({5, 8, 32946, 32773, 34925, 50000})
+
+
+def _page_options(shape, dtype, *, layout, icc, exif, compression, bigtiff):
+    """(tifffile write options, separate planes?, bigtiff) for an (H, W, S) page."""
+    height, width, nchan = shape
     colour = 3 if nchan >= 3 else 1
     extra = nchan - colour
     extrasamples = None
     if extra:
         kept = layout.extrasamples if layout is not None else ()
         extrasamples = tuple(kept) if len(kept) == extra else (2,)  # 2 = unassociated alpha
-    code, predictor = tiff_compression(layout, compression, samples.dtype)
+    code, predictor = tiff_compression(layout, compression, dtype)
     if bigtiff is None:
         extra_bytes = len(icc or b'') + len(exif or b'')
-        bigtiff = (layout is not None and layout.bigtiff) or needs_bigtiff(samples.nbytes + extra_bytes)
+        nbytes = height * width * nchan * np.dtype(dtype).itemsize
+        bigtiff = (layout is not None and layout.bigtiff) or needs_bigtiff(nbytes + extra_bytes)
     separate = layout is not None and int(layout.planarconfig) == 2 and nchan > 1
-    if nchan == 1:
-        data, planar = samples[:, :, 0], None
-    elif separate:
-        data, planar = np.moveaxis(samples, -1, 0), 'separate'
-    else:
-        data, planar = samples, 'contig'
     options = dict(
         photometric='rgb' if colour == 3 else 'minisblack',
-        planarconfig=planar,
+        planarconfig=None if nchan == 1 else ('separate' if separate else 'contig'),
         extrasamples=extrasamples,
         compression=code,
         predictor=predictor if predictor > 1 else None,
@@ -249,10 +383,64 @@ def write_tiff(fh, samples: np.ndarray, *, layout: TiffLayout | None, icc: bytes
         options['tile'] = layout.tile
     elif layout is not None and layout.rowsperstrip:
         options['rowsperstrip'] = layout.rowsperstrip
-    with tifffile.TiffWriter(fh, bigtiff=bool(bigtiff), byteorder='<') as tw:
-        tw.write(data, **options)
+    return options, separate, bool(bigtiff)
+
+
+def _write_iterator(fh, data, shape, dtype, options, exif, bigtiff):
+    with tifffile.TiffWriter(fh, bigtiff=bigtiff, byteorder='<') as tw:
+        tw.write(data, shape=shape, dtype=dtype, **options)
     if exif:
-        add_exif_to_tiff(fh, exif, bool(bigtiff))
+        add_exif_to_tiff(fh, exif, bigtiff)
+
+
+def _blocks(bands, rows: int, height: int):
+    """Regroup bands of any height into blocks of `rows` rows (the last one shorter)."""
+    pending, held = [], 0
+    done = 0
+    for band in bands:
+        pending.append(band)
+        held += band.shape[0]
+        while held >= rows or (done + held == height and held):
+            block = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            take = min(rows, held)
+            yield block[:take]
+            rest = block[take:]
+            pending, held = ([rest] if len(rest) else []), len(rest)
+            done += take
+    if done != height:
+        raise ValueError(f'the bands held {done} rows of {height}')
+
+
+class _RowScratch:
+    """Rows of samples in an unnamed temporary file (gone when closed, or when the process dies)."""
+
+    def __init__(self, shape, dtype, folder):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = shape[1] * shape[2] * self.dtype.itemsize
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.written = 0
+
+    def append(self, band):
+        self.file.seek(self.written * self.row_bytes)
+        self.file.write(np.ascontiguousarray(band, self.dtype).tobytes())
+        self.written += band.shape[0]
+
+    def plane(self, index, rows):
+        """Bands of `rows` rows of sample plane `index`, (rows, W, 1) each."""
+        for y in range(0, self.shape[0], rows):
+            yield np.ascontiguousarray(self.rows(y, min(self.shape[0], y + rows))[:, :, index:index + 1])
+
+    def rows(self, y0, y1):
+        out = np.empty((y1 - y0,) + self.shape[1:], self.dtype)
+        self.file.seek(y0 * self.row_bytes)
+        self.file.readinto(memoryview(out).cast('B'))
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
 
 
 def tiff_compression(layout: TiffLayout | None, compression, dtype) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """Bokeh's own restore options: the source and target lenses and the disparity (torch-free)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from ..options import TaskOptions
 
 LENS_HELP = ("lens names like Canon50mmf1.8BS → -18, Sony50mmf16.0BS → 160, as in the NTIRE 2023 meta files, "
              "or the encoded numbers")
@@ -37,7 +38,7 @@ def lens_value(lens):
 
 
 @dataclass(frozen=True)
-class LensOptions:
+class LensOptions(TaskOptions):
     """src_lens, tgt_lens  lens names or encoded numbers (``lens_value``); disparity  the meta file's
     number. All three are required: the bokeh network is conditioned on them."""
 
@@ -53,17 +54,6 @@ class LensOptions:
             float(self.disparity)
         except (TypeError, ValueError):
             raise ValueError(f"disparity must be a number, got {self.disparity!r}") from None
-
-    @classmethod
-    def names(cls):
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def build(cls, **options):
-        return cls(**options)
-
-    def resolve(self, meta) -> "LensOptions":
-        return self
 
     @property
     def values(self):

@@ -1,15 +1,16 @@
 """Dehazing's own restore options: the prior start and the haze recomposition (torch-free)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from ...options import TaskOptions
 
 PRIORS = ("dcp",)          # classic estimates a reverse run can start from (pipeline.PRIOR_ESTIMATES)
 DEFAULT_PRIOR_T = 0.5
 
 
 @dataclass(frozen=True)
-class DehazeOptions:
+class DehazeOptions(TaskOptions):
     """prior      'dcp': each reverse run starts at step round(prior_t · T) from the forward process
                   around the latent of the dark channel prior's output (SDEdit-style); 'none': from
                   noise; None: the model file's ``default_prior``
@@ -32,14 +33,6 @@ class DehazeOptions:
                 raise ValueError(f"prior_t must be in (0, 1], got {self.prior_t!r}")
         if self.recompose is not None and not isinstance(self.recompose, bool):
             raise ValueError(f"recompose must be True, False or None, got {self.recompose!r}")
-
-    @classmethod
-    def names(cls):
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def build(cls, **options):
-        return cls(**options)
 
     def resolve(self, meta) -> "DehazeOptions":
         """The model file's defaults where these are None; a resolved prior is a name or None."""
