@@ -4,6 +4,9 @@ official  the dehazing task's official configurations (NAFNet width 64, [1,1,1,2
           ch 8 × [4,8,8,16]) with random weights: the reference's cost, no download;
 small     the official dehazing compressor with a small noise network (width 16, [1,1,1,2]) for
           quick CPU runs: the compressor, which dominates memory, is the real one;
+tiny      a tiny compressor (ch 4, ch_mult [1,1,1,1], embed 8: the official latent's shape) and noise
+          network (width 8): the engine's own memory and I/O at hundreds of megapixels, where the
+          official networks would take hours on a CPU;
 shipped   weights/dehaze.safetensors when it exists (skipped with a note otherwise);
 a path    any tilediff model file.
 
@@ -12,8 +15,10 @@ loads its model exactly as the CLI does (``weights.load_model``).
 """
 from pathlib import Path
 
-KINDS = ("official", "small", "shipped")
+KINDS = ("official", "small", "tiny", "shipped")
 SMALL_NOISE = {"width": 16, "enc_blk_nums": [1, 1, 1, 2], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1]}
+TINY_NOISE = {"width": 8, "enc_blk_nums": [1, 1, 1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1]}
+TINY_COMPRESSOR = {"in_ch": 3, "out_ch": 3, "ch": 4, "ch_mult": [1, 1, 1, 1], "embed_dim": 8}
 
 
 class ModelUnavailable(Exception):
@@ -51,6 +56,11 @@ def prepare_model(kind, workdir, seed=0):
         description = "official dehazing compressor + small noise network (w16 [1,1,1,2]), random weights"
         path = _random_model_file(workdir / "small.safetensors", noise_config, task.compressor_config,
                                   task, seed, description)
+    elif kind == "tiny":
+        noise_config = dict(task.noise_config, **TINY_NOISE)
+        description = "tiny compressor (ch 4, [1,1,1,1]) + tiny noise network (w8), random weights"
+        path = _random_model_file(workdir / "tiny.safetensors", noise_config, TINY_COMPRESSOR, task, seed,
+                                  description)
     elif kind == "shipped":
         path = task.shipped_weights()
         if path is None:
@@ -74,14 +84,12 @@ def prepare_model(kind, workdir, seed=0):
 
 
 def canvas_bytes_per_pixel(compressor_config, channels=3):
-    """Bytes per image pixel that the read → restore → write pipeline holds whatever the engine
-    does: three float32 images (the decoded file, the CHW input tensor, the output: 3 × C × 4), the
-    8-bit file buffers read and written (2 × C), the latent canvases (6 × embed_dim × 4 per latent
-    pixel) and the two deepest-level canvases of the tiled compressor (2 × deepest channels × 4
-    per deepest pixel). It is the memory slope an engine cannot go below without streaming the
-    image itself."""
+    """Bytes per image pixel that a streamed restoration holds whatever its plan: the latent
+    canvases (μ, the sampler's state and, for the whole-canvas sampler, its temporaries: 6 ×
+    embed_dim × 4 per latent pixel). The input is read by regions and the output written in bands,
+    so no image-sized canvas exists; everything else the engine keeps (skips, the deepest level's
+    canvases) it may recompute or move to scratch files. It is the memory slope no plan goes below
+    while its latent canvases are in RAM."""
     depth = len(compressor_config["ch_mult"])
     unit_area = 4 ** (depth - 1)
-    deepest = compressor_config["ch"] * compressor_config["ch_mult"][-1]
-    return (3 * channels * 4 + 2 * channels + 6 * compressor_config["embed_dim"] * 4 / unit_area
-            + 2 * deepest * 4 / unit_area)
+    return 6 * compressor_config["embed_dim"] * 4 / unit_area

@@ -1,12 +1,14 @@
-"""One measured run in a fresh process: read a TIFF → restore → write, timed per stage.
+"""One measured run in a fresh process: a TIFF streamed through the engine to a TIFF, timed per stage.
 
     python -m benchmarks.worker SPEC.json RESULT.json
 
 SPEC holds model (a model file), image (a TIFF), output (where to write), mode, memory_budget,
 steps, device, precision, seed, tile, overlap, threads, warmup ('small' | 'full' | 'none').
 The run: load the model; warm up (an image of at most 256×256 pixels, one step, same mode, so
-that thread pools and lazy initialisation are not timed); then read, restore, write, timing each
-stage with the wall clock (and the process CPU clock). Peak memory: ``ru_maxrss`` of this process (exact, but it
+that thread pools and lazy initialisation are not timed); then the input opened as a region source,
+restored by ``engine.restore_bands`` and written band by band (``io.open_sink``), as the command line
+does, timing each stage with the wall clock (and the process CPU clock); the write interleaves with
+the decode and is what the run's time leaves beyond read, encode, sample and decode. Peak memory: ``ru_maxrss`` of this process (exact, but it
 includes the model and the warm-up, both smaller than the run), a 20 ms sampler of VmRSS that
 splits the peak by stage, and on CUDA ``max_memory_allocated`` / ``max_memory_reserved`` of the
 timed run. A MemoryError or an out-of-memory RuntimeError is reported as status 'oom'.
@@ -94,7 +96,7 @@ def measure(spec):
     import torch
 
     from tilediff import engine
-    from tilediff.io import read_image, write_image
+    from tilediff.io import open_sink, open_source, read_image
     from tilediff.options import RestoreOptions
     from tilediff.weights import load_model
 
@@ -150,25 +152,29 @@ def measure(spec):
         start = time.perf_counter()
         cpu_start = time.process_time()
 
-        image = read_image(spec["image"])
-        x = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))[None]
+        # the streamed path, as `tilediff restore` runs it: the input read by regions, the output
+        # written in bands as they are decoded (the write interleaves with the decode)
+        source = open_source(spec["image"])
         marks["read"] = time.perf_counter()
         cpu["read"] = time.process_time() - cpu_start
 
         opts, stats = options(), {}
         c0 = time.process_time()
-        out = engine.restore_tensor(model, x, opts, device, stats=stats)
+        sink = open_sink(spec["output"], like=source)
+        finite = [True]
+
+        def checked(bands):
+            for y0, rows in bands:
+                finite[0] &= bool(np.isfinite(rows).all())
+                yield y0, rows
+        bands = engine.restore_bands(model, source, opts, device, stats=stats, held_bytes=sink.held_bytes,
+                                     scratch_dir=sink.scratch_dir)
+        sink.write(checked(bands))
         if cuda:
             torch.cuda.synchronize(device)
-        marks["engine"] = time.perf_counter()
-        cpu["engine"] = time.process_time() - c0
-        finite = bool(torch.isfinite(out).all())
-        rgb = out[0].permute(1, 2, 0).numpy()
-
-        c0 = time.process_time()
-        write_image(spec["output"], rgb, like=image)
+        source.close()
         marks["write"] = time.perf_counter()
-        cpu["write"] = time.process_time() - c0
+        cpu["engine+write"] = time.process_time() - c0
         cpu["total"] = time.process_time() - cpu_start
     finally:
         sampler.stop()
@@ -177,17 +183,18 @@ def measure(spec):
     seconds["read"] = marks["read"] - start
     for stage in ("encode", "sample", "decode"):
         seconds[stage] = float(engine_seconds.get(stage, float("nan")))
-    seconds["engine"] = marks["engine"] - marks["read"]            # plan, weights to device, stages
-    seconds["write"] = marks["write"] - marks["engine"]
     seconds["total"] = marks["write"] - start
+    # the decode's bands go to the writer as they come: write = what the engine's stages leave
+    seconds["write"] = max(0.0, seconds["total"] - seconds["read"] - sum(seconds[s] for s in ("encode", "sample",
+                                                                                                 "decode")))
+    seconds["engine"] = seconds["total"] - seconds["read"] - seconds["write"]
 
-    # stage windows on the wall clock: the engine's stages end where its call ends
-    engine_end = marks["engine"]
-    decode_start = engine_end - seconds["decode"]
-    sample_start = decode_start - seconds["sample"]
+    # stage windows on the wall clock: encode and sample follow the read; decode and write interleave
+    sample_start = marks["read"] + seconds["encode"]
+    decode_start = sample_start + seconds["sample"]
     windows = {"read": (start, marks["read"]), "encode": (marks["read"], sample_start),
-               "sample": (sample_start, decode_start), "decode": (decode_start, engine_end),
-               "write": (engine_end, marks["write"])}
+               "sample": (sample_start, decode_start), "decode": (decode_start, marks["write"]),
+               "write": (decode_start, marks["write"])}
     stage_peaks = {s: sampler.peak_between(*windows[s]) for s in STAGES}
     for stage in ("encode", "sample", "decode"):     # sampled: ± 20 ms at each end
         cpu[stage] = sampler.cpu_between(*windows[stage])
@@ -202,8 +209,8 @@ def measure(spec):
         "sampled_peak_rss_bytes": max((v for _, v, _ in sampler.samples), default=0),
         "stage_peak_rss_bytes": stage_peaks,
         "rss_timeline_mb": sampler.timeline(start),
-        "output_finite": finite,
-        "image_shape": list(image.rgb.shape),
+        "output_finite": finite[0],
+        "image_shape": [source.height, source.width, 3],
         "plan": plan.describe() if plan is not None else None,
         "plan_fields": _plan_fields(plan),
     })

@@ -95,7 +95,7 @@ def test_tiled_compressor_equals_whole(golden_net, size, tile, keep):
         canvas = tiled.encode(image)
         out = tiled.decode(other, canvas, image)
     assert out.shape == ref.shape == (1, 3, *size)
-    assert (canvas.latent - latent).abs().max() < 1e-5
+    assert (canvas.latent.whole() - latent).abs().max() < 1e-5
     assert (out - ref).abs().max() < 1e-5
 
 
@@ -145,7 +145,7 @@ def test_small_budget_picks_tiles_and_recomputed_skips(zero_noise_restorer):
     assert big.compressor_mode == "tiled" and big.skips in ("fp16", "recompute")
     assert big.expected_peak <= 4 << 30
     tiny = engine.make_plan(model, (4000, 6000), 3, RestoreOptions(memory_budget=1 << 30), torch.device("cpu"))
-    assert tiny.skips == "recompute"
+    assert tiny.skips == "recompute" or tiny.where["skips"] == "disk"      # recomputed, or in a scratch file
 
 
 def test_model_file_noise_tile_is_the_auto_default(zero_noise_restorer):

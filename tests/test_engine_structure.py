@@ -32,22 +32,28 @@ def test_networks_declare_the_facts_the_planner_uses():
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped model file is not there")
-@pytest.mark.parametrize("hw, device, budget_gib, expected", [
-    ((4000, 6000), "cpu", 1, ("tiled", 48, "recompute", "tiled", 256, 64, 1, 12, 1389900236)),
-    ((4000, 6000), "cpu", 4, ("tiled", 96, "fp16", "whole", 750, 0, 1, 1, 2721123788)),
-    ((4000, 6000), "cpu", 16, ("tiled", 128, "fp16", "whole", 750, 0, 1, 1, 3051949516)),
-    ((4000, 6000), "cuda", 4, ("tiled", 96, "fp16", "whole", 750, 0, 1, 1, 603894220)),
-    ((12000, 9000), "cpu", 4, ("tiled", 96, "recompute", "tiled", 512, 128, 1, 12, 4654179788)),
-    ((12000, 9000), "cuda", 1, ("tiled", 48, "fp16", "tiled", 512, 128, 2, 12, 1043353036)),
+@pytest.mark.parametrize("hw, device, budget_gib, expected, on_disk", [
+    ((4000, 6000), "cpu", 1, ("tiled", 48, "fp16", "whole", 750, 0, 1, 1, 1071324620),
+     {"deep_x", "deep_a", "skips", "levels"}),
+    ((4000, 6000), "cpu", 4, ("tiled", 96, "fp16", "whole", 750, 0, 1, 1, 1190232780), {"skips", "levels"}),
+    ((4000, 6000), "cpu", 16, ("tiled", 128, "fp32", "whole", 750, 0, 1, 1, 1477353164), {"skips"}),
+    ((4000, 6000), "cuda", 4, ("tiled", 96, "fp16", "whole", 750, 0, 1, 1, 603894220), set()),
+    ((12000, 9000), "cpu", 4, ("tiled", 96, "fp16", "whole", 1500, 0, 1, 1, 3054423500),
+     {"deepest", "deep_x", "deep_a", "skips", "levels"}),
+    ((12000, 9000), "cuda", 1, ("tiled", 48, "fp16", "tiled", 512, 128, 2, 12, 1043353036), set()),
 ])
-def test_plans_of_the_shipped_model_are_pinned(monkeypatch, hw, device, budget_gib, expected):
-    """The plans (and the memory model's numbers) of the engine before the declared-facts redesign."""
+def test_plans_of_the_shipped_model_are_pinned(monkeypatch, hw, device, budget_gib, expected, on_disk):
+    """The plans (and the memory model's numbers) of the streamed engine: no image-sized canvas, the
+    canvases that do not fit the budget's RAM share in scratch files (on a GPU the host's RAM)."""
     from tilediff.weights import load_model
     monkeypatch.setattr(plan_module, "available_memory", lambda device: 16 << 30)   # the host's, for the skips
+    monkeypatch.setattr(plan_module, "_free_disk", lambda folder: 100 << 30)        # the scratch folder's
     model = load_model(SHIPPED)
     p = make_plan(model, hw, 3, RestoreOptions(memory_budget=budget_gib << 30), torch.device(device))
     assert (p.compressor_mode, p.compressor_tile, p.skips, p.noise_mode, p.noise_tile, p.noise_overlap,
             p.noise_batch, p.noise_tiles, p.expected_peak) == expected
+    assert {name for name, place in p.where.items() if place == "disk"} == on_disk
+    assert p.expected_peak <= budget_gib << 30
 
 
 def test_retry_smaller_shrinks_until_the_work_fits():

@@ -6,17 +6,27 @@ file that fails and goes on with the next, and writes what happened to ``tiledif
 that exist are skipped, so running the same command again resumes where a batch stopped.
 
 The command line uses the same pieces (``find_jobs``, ``restore_job``) for single files, so both
-paths write outputs, name them and report errors the same way.
+paths write outputs, name them and report errors the same way: every output is checked before any
+work (``io.check_output``: a regular file or nothing, never an input), warnings about the data come
+back in the entry (``"warnings"``), and temporaries a killed run left in an output folder are
+removed before the first write into it (``TempSweeper``).
+
+A full disk stops a folder batch: the file being written is reported as failed (its error names it
+and says "disk full"), the rest are not tried, and the summary says ``"stopped": "disk full"``
+(written if there is room for it, else ``"summary_error"`` in the returned dict).
 """
 import datetime
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import ImageReadError, ImageWriteError, format_for_path, is_image_file, output_path, read_image, write_image
-from .io.atomic import atomic_write
+from .io import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, format_for_path, is_image_file, output_path,
+                 read_image, write_image)
+from .io.atomic import atomic_write, check_output, real_path, remove_stale_temporaries
+from .io.errors import collecting_warnings, describe, is_disk_full
 from .options import RestoreOptions
 from .tasks import get_task
 
@@ -173,37 +183,115 @@ def error_line(exc, source=None):
     return f"{source}: {text}" if source is not None else text
 
 
-def restore_job(restorer, job, options=None, *, jpeg_quality=None, compression=None):
-    """Read, restore and write one job with ``options`` (RestoreOptions); returns a summary entry
-    (input, output, size, seconds).
+class TempSweeper:
+    """``sweeper(folder)``: remove the stale temporaries of ours in ``folder``
+    (``io.atomic.remove_stale_temporaries``: left by a run that was killed, older than ``started``),
+    once per folder for one run."""
 
-    Raises what reading, restoring or writing raises. Outputs of this job written before a later one
-    failed are removed, so a job leaves all its outputs or none.
+    def __init__(self, started=None):
+        self.started = time.time() if started is None else started
+        self.done = set()
+
+    def __call__(self, folder):
+        key = real_path(folder)
+        if key not in self.done:
+            self.done.add(key)
+            remove_stale_temporaries(folder, self.started)
+
+
+def check_job_outputs(job, overwrite=False, inputs=()):
+    """Raise ImageWriteError (one line naming the output) unless every output of ``job`` may be
+    written (``io.check_output``: a supported extension, a regular file or nothing, never one of the
+    job's inputs or of ``inputs``, an existing file only with ``overwrite``)."""
+    if len({real_path(dst) for dst in job.outputs}) < len(job.outputs):
+        raise ImageWriteError(job.outputs[0], "the left and right views would be written to the same file; use -o")
+    for dst in job.outputs:
+        check_output(dst, inputs=(*job.inputs, *inputs), overwrite=overwrite, extensions=SUPPORTED_EXTENSIONS)
+
+
+def restore_job(restorer, job, options=None, *, jpeg_quality=None, compression=None, overwrite=True, sweep=None):
+    """Read, restore and write one job with ``options`` (RestoreOptions); returns a summary entry
+    (input, output, size, seconds, and ``warnings``: one-line texts about the data, when there were).
+
+    The outputs are checked first (``check_job_outputs``; ``overwrite``: whether an existing file may
+    be replaced), ``sweep`` (a ``TempSweeper``) is called on each output folder before it is written
+    into. Raises what reading, restoring or writing raises. Outputs of this job written before a
+    later one failed are removed, so a job leaves all its outputs or none.
     """
+    check_job_outputs(job, overwrite=overwrite)
     start = time.perf_counter()
-    images = [read_image(src) for src in job.inputs]
-    if restorer.task.stereo:
-        if len(images) != 2:
-            raise ValueError(f"{job.inputs[0]}: stereo-sr needs a left/right pair")
-        results = restorer.restore((images[0].rgb, images[1].rgb), options)
-    else:
-        results = (restorer.restore(images[0].rgb, options),)
-    written = []
-    try:
-        for image, out, dst in zip(images, results, job.outputs):
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            write_image(dst, out, like=image, **write_options(dst, image, jpeg_quality, compression))
-            written.append(Path(dst))
-    except BaseException:
-        for path in written:
+    with collecting_warnings(job.label) as notes:
+        if not restorer.task.stereo:
+            # one image, streamed: read by regions, written in bands as it is decoded (atomically)
+            src, dst = job.inputs[0], job.outputs[0]
+            made = _make_folder(Path(dst).parent, dst)
+            if sweep is not None:
+                sweep(Path(dst).parent)
             try:
-                path.unlink()
-            except OSError:
-                pass
-        raise
-    h, w = results[0].shape[:2]
-    return _entry(job, size=[w, h], seconds=round(time.perf_counter() - start, 3),
-                  bytes=sum(Path(p).stat().st_size for p in job.outputs))
+                restorer.restore_file(src, dst, options, **write_options(dst, None, jpeg_quality, compression))
+            except BaseException:
+                _remove_made(made)      # no empty output folder left for a file that failed
+                raise
+            from .io import read_size
+            h, w = read_size(dst)
+        else:
+            images = [read_image(src) for src in job.inputs]
+            if len(images) != 2:
+                raise ValueError(f"{job.inputs[0]}: stereo-sr needs a left/right pair")
+            results = restorer.restore((images[0].rgb, images[1].rgb), options)
+            written = []
+            try:
+                for image, out, dst in zip(images, results, job.outputs):
+                    _make_folder(Path(dst).parent, dst)
+                    if sweep is not None:
+                        sweep(Path(dst).parent)
+                    write_image(dst, out, like=image, **write_options(dst, image, jpeg_quality, compression))
+                    written.append(Path(dst))
+            except BaseException:
+                for path in written:
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
+                raise
+            h, w = results[0].shape[:2]
+    entry = _entry(job, size=[w, h], seconds=round(time.perf_counter() - start, 3),
+                   bytes=sum(Path(p).stat().st_size for p in job.outputs))
+    if notes:
+        entry["warnings"] = list(notes)
+    return entry
+
+
+def _make_folder(folder, output=None):
+    """Make ``folder`` (and its parents); returns the folders it made, outermost first (for
+    ``_remove_made``). ImageWriteError naming ``output`` (else the folder) if it cannot be made,
+    e.g. because a file stands where a folder should be."""
+    folder = Path(folder)
+    made = []
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        made.insert(0, parent)
+        parent = parent.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return made
+    except OSError as exc:
+        parent = folder
+        while parent != parent.parent and not parent.exists():
+            parent = parent.parent
+        why = (f"parent {parent} is not a folder" if parent.exists() and not parent.is_dir()
+               else f"cannot create {folder} ({describe(exc)})")
+        raise ImageWriteError(output if output is not None else folder, f"cannot write here: {why}") from exc
+
+
+def _remove_made(made):
+    """Remove the folders ``_make_folder`` made, innermost first, where they are still empty: a job
+    that failed leaves no empty output folder behind."""
+    for folder in reversed(made):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def _entry(job, **values):
@@ -305,7 +393,12 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
     - ``ray``: ``"local"``, ``"auto"`` or a cluster address distributes the files over Ray workers
       (``workers``, ``gpus_per_worker``, ``threads_per_worker``; see ``tilediff.cluster``), with the same
       outputs and summary (plus a ``"ray"`` key). None (the default): this process, and Ray is not imported.
-    A KeyboardInterrupt is re-raised after the summary is written with ``"interrupted": true``.
+    - A full disk stops the batch: the file being written is recorded as failed, the summary gets
+      ``"stopped": "disk full"`` and ``"not_tried"`` (the files after it). A summary that cannot be
+      written does not stop the batch otherwise; the returned dict then holds ``"summary_error"``.
+    - Temporaries of ours that a killed run left in the output folders are removed first.
+    A KeyboardInterrupt (Ctrl-C; SIGTERM on the command line) is re-raised after the summary is
+    written with ``"interrupted": true``.
     """
     if ray is not None:
         from .cluster import restore_folder as restore_folder_on_ray
@@ -326,21 +419,33 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
     jobs, all_inputs, summary = run.jobs, run.inputs, run.summary
     notify = on_file or (lambda event, entry: None)
 
+    problems = {}          # the summary's write failure, if any (the batch goes on without it)
+
+    def save():
+        try:
+            write_json_atomic(summary_path, summary)
+        except OSError as exc:
+            problems["summary_error"] = f"{summary_path}: cannot write the summary ({describe(exc)})"
+            if is_disk_full(exc):
+                raise _DiskFull(exc) from exc
+
     def record(kind, entry):
         summary[kind].append(entry)
         summary["counts"][kind] += 1
-        write_json_atomic(summary_path, summary)
         notify(kind, entry)
+        save()
 
     done = {id(job) for job in jobs if job.error is None and skip_existing
-            and all(Path(p).exists() for p in job.outputs)}
+            and all(os.path.isfile(p) for p in job.outputs)}
     if restorer is None and any(job.error is None and id(job) not in done for job in jobs):
         restorer = Restorer(task_obj.name, weights=weights, device=device, precision=precision)
         summary["weights"] = str(restorer.weights)
     if restorer is not None:
         options = restorer.options(options)   # the model file's defaults and limits, checked once
         summary["options"] = summary_options(options, jpeg_quality, compression)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(out_dir)
+    sweep = TempSweeper()
+    sweep(out_dir)
     try:
         for job in jobs:
             if job.error is not None:
@@ -349,22 +454,43 @@ def restore_folder(in_dir, out_dir=None, *, task=None, weights=None, pattern="*"
             if id(job) in done:
                 record("skipped", _entry(job, reason="output exists"))
                 continue
-            clash = [p for p in job.outputs if Path(p).resolve() in all_inputs]
-            if clash:
-                record("failed", _entry(job, error=f"{clash[0]}: refusing to overwrite an input"))
-                continue
             notify("start", _entry(job))
             try:
-                entry = restore_job(restorer, job, options, jpeg_quality=jpeg_quality, compression=compression)
-            except Exception as exc:  # one bad file must not stop the batch
+                check_job_outputs(job, overwrite=True, inputs=all_inputs)
+                entry = restore_job(restorer, job, options, jpeg_quality=jpeg_quality, compression=compression,
+                                    sweep=sweep)
+            except Exception as exc:  # one bad file must not stop the batch (a full disk does)
                 record("failed", _entry(job, error=error_line(exc, job.label)))
+                if is_disk_full(exc):
+                    raise _DiskFull(exc) from exc
                 continue
             record("succeeded", entry)
+    except _DiskFull:
+        counts = summary["counts"]
+        summary["stopped"] = "disk full"
+        summary["not_tried"] = counts["total"] - counts["succeeded"] - counts["failed"] - counts["skipped"]
+        summary["finished"] = _now()
+        with _suppress_disk_full():
+            save()
     except KeyboardInterrupt:
         summary["interrupted"] = True
         summary["finished"] = _now()
-        write_json_atomic(summary_path, summary)
+        with _suppress_disk_full():
+            save()
         raise
-    summary["finished"] = _now()
-    write_json_atomic(summary_path, summary)
-    return dict(summary, summary_path=str(summary_path))
+    else:
+        summary["finished"] = _now()
+        save()
+    return dict(summary, summary_path=str(summary_path), **problems)
+
+
+class _DiskFull(Exception):
+    """Internal: the disk filled up during a folder batch, which then stops."""
+
+
+class _suppress_disk_full:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, _DiskFull)

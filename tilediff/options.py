@@ -7,8 +7,8 @@ bokeh's lenses) are declared by the task (``tasks.Task.options``) and held in ``
 
 Two steps, so that errors come before any work:
 1. ``build`` (or the constructor) checks what needs no model: names, types, ranges;
-2. ``resolve(model)`` fills what the model file decides (``default_sampler``, ``default_samples``,
-   ``default_ensemble`` and the task's defaults) and checks what depends on it (steps ≤ T).
+2. ``resolve(model)`` fills what the model file decides (``default_steps``, ``default_sampler``,
+   ``default_samples``, ``default_ensemble`` and the task's defaults) and checks what depends on it (steps ≤ T).
 The engine only ever sees resolved options. This module imports no torch.
 """
 from __future__ import annotations
@@ -97,7 +97,8 @@ class TaskOptions:
 class RestoreOptions:
     """How to restore an image. ``None`` means: the model file's choice, else the documented default.
 
-    steps          network evaluations per reverse run, on the model's own T-step schedule (≤ T; None = T)
+    steps          network evaluations per reverse run, on the model's own T-step schedule (≤ T; None: the
+                   model file's ``default_steps``, else T)
     sampler        sde | ode | posterior | mrs (None: the model file's ``default_sampler``, else sde)
     seed           random numbers are keyed by (seed, step, position): same seed, same image
     samples        reverse runs whose final latents are averaged (None: ``default_samples``, else 1)
@@ -190,15 +191,17 @@ class RestoreOptions:
         from .weights import metadata_flag
         meta = model.metadata or {}
         T = int(model.sde["T"])
-        if self.steps is not None and self.steps > T:
-            raise ValueError(f"steps ({self.steps}) must be at most the model's T = {T}: steps are network "
+        steps = self.steps if self.steps is not None else meta.get("default_steps")
+        steps = None if steps in (None, "", "none") else int(steps)
+        if steps is not None and steps > T:
+            raise ValueError(f"steps ({steps}) must be at most the model's T = {T}: steps are network "
                              "evaluations on the schedule the model was trained on")
         sampler = self.sampler or meta.get("default_sampler") or "sde"
         _check_choice("sampler", sampler, SAMPLERS, optional=False)
         samples = self.samples if self.samples is not None else int(meta.get("default_samples", 1))
         ensemble = self.ensemble if self.ensemble is not None else metadata_flag(meta, "default_ensemble")
         task_options = self.task_options.resolve(meta) if self.task_options is not None else None
-        return self.replace(sampler=sampler, samples=samples, ensemble=bool(ensemble),
+        return self.replace(steps=steps, sampler=sampler, samples=samples, ensemble=bool(ensemble),
                             precision=self.precision or precision, task_options=task_options)
 
     def as_json(self) -> dict:

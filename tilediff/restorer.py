@@ -1,13 +1,15 @@
 """The public restoration API: ``Restorer`` (one model, many images).
 
-One restoration, in order:
+One restoration (``restore_source``), in order:
 1. the options: ``RestoreOptions`` built from the keyword arguments and resolved against the model
    file (its defaults applied once, see ``tilediff.options``);
-2. the input canvas: float RGB (``io.to_float_rgb``), a stereo pair side by side in channels, the
-   task's pre-upsampling;
-3. the task's pipeline prepares the reverse runs' start (dehazing: the dark channel prior's estimate);
-4. the engine restores the canvas (plan → encode → sample → decode);
-5. the task's pipeline finishes (dehazing: recomposition); a stereo pair is split again.
+2. the task's pipeline prepares the reverse runs' start (dehazing: the dark channel prior's
+   estimate) and its post-processing (dehazing: the recomposition), both over the input's regions;
+3. the engine restores the input, a region source (plan → encode → sample → decode), into bands;
+4. the task's post-processing runs band by band;
+5. a sink writes the bands as they come (``restore_file``: to the output file; ``restore``: into
+   one array).
+Stereo pairs (side by side in channels) and pre-upsampled tasks restore one whole float canvas.
 """
 import importlib
 import time
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 
 from . import engine
 from .io import to_float_rgb
+from .io.sinks import ArraySink, open_sink
+from .io.sources import ArraySource, open_source
 from .options import RestoreOptions
 from .tasks import get_task
 from .weights import ModelFileError, load_model
@@ -119,32 +123,81 @@ class Restorer:
         ``options``: a ``RestoreOptions``; keyword arguments are its fields and the task's own options
         (dehaze: ``prior``, ``prior_t``, ``recompose``; bokeh: ``src_lens``, ``tgt_lens``,
         ``disparity``), see ``tilediff.options``. For stereo-sr pass a (left, right) pair; a pair comes
-        back. ``stats`` (a dict) receives the plan and the seconds per stage.
+        back. ``stats`` (a dict) receives the plan and the seconds per stage. The array is read by
+        regions (``io.ArraySource``, no float copy of it) and the output collected into one array.
         """
-        # 1. options, the model file's defaults applied
+        opts = self.options(options, **changes)
+        if self.task.stereo or self.task.upscale != 1:
+            return self._restore_canvas(image, opts, {} if stats is None else stats)
+        if isinstance(image, (str, Path)):
+            with open_source(image) as source:
+                return self.restore_source(source, ArraySink(*source.shape), opts, stats=stats)
+        source = ArraySource(image, nan_is_error=True)
+        return self.restore_source(source, ArraySink(*source.shape), opts, stats=stats)
+
+    def restore_file(self, src, dst, options=None, *, stats=None, jpeg_quality=95, compression=None, bigtiff=None,
+                     **changes):
+        """Read, restore and write one file, keeping bit depth, alpha and metadata (see io), streamed:
+        the input read by regions (``io.open_source``), the output written in bands as it is decoded
+        (``io.open_sink``, atomically). ``jpeg_quality``, ``compression``, ``bigtiff``: as
+        ``io.write_image`` takes them. Returns the path written."""
+        opts = self.options(options, **changes)
+        if self.task.stereo or self.task.upscale != 1:
+            from .io import read_image, write_image
+            image = read_image(src)
+            out = self._restore_canvas(image.rgb, opts, {} if stats is None else stats)
+            return write_image(dst, out, like=image, jpeg_quality=jpeg_quality, compression=compression,
+                               bigtiff=bigtiff)
+        with open_source(src) as source:
+            sink = open_sink(dst, like=source, jpeg_quality=jpeg_quality, compression=compression, bigtiff=bigtiff)
+            return self.restore_source(source, sink, opts, stats=stats)
+
+    def restore_source(self, source, sink, options=None, *, stats=None, **changes):
+        """Restore a region source into a band sink (``io.sources``, ``io.sinks``); returns what the
+        sink's ``write`` returns (the path written, or the collected array).
+
+        1. the options, the model file's defaults applied;
+        2. the task's pipeline prepares: where the reverse runs start (dehazing: the dark channel
+           prior's estimate, itself a region source) and its post-processing (the recomposition);
+        3. the engine, planned with what the input, the output and the task hold, yields bands;
+        4. the task's post-processing runs band by band in front of the sink (``engine.map_bands``);
+        5. the sink writes each band as it comes.
+        """
+        # 1. options
         opts = self.options(options, **changes)
         stats = stats if stats is not None else {}
-        # 2. the input canvas
-        x = self._canvas(image)
-        # 3. the task's start of the reverse runs
+        h, w = source.shape
+        # 2. the task's start of the reverse runs and its post-processing
         start = None
         if self.pipeline is not None:
-            start = self.pipeline.prepare(x, opts, int(self.model.sde["T"]), self.device)
+            start = self.pipeline.prepare(source, opts, int(self.model.sde["T"]), self.device)
+        prior = start.prior if start is not None else None
+        finish = start.finish if start is not None else None
         lens = opts.task_options.values if self.task.needs_lens else None
-        # 4. the engine
-        out = engine.restore_tensor(self.model, x, opts, self.device, lens=lens,
-                                    prior=start.prior if start else None,
-                                    start_step=start.start_step if start else None, stats=stats)
-        out = out[0].permute(1, 2, 0).numpy()
-        # 5. the task's post-processing
-        if start is not None and start.prior is not None:
+        # 3. the engine
+        held = _held_bytes(source) + getattr(sink, "held_bytes", 0)
+        held += prior.held_bytes(PLANNING_ROWS) if hasattr(prior, "held_bytes") else 0
+        held += finish.held_bytes(PLANNING_ROWS) if finish is not None else 0
+        bands = engine.restore_bands(self.model, source, opts, self.device, lens=lens, prior=prior,
+                                     start_step=start.start_step if start else None, stats=stats,
+                                     held_bytes=held, scratch_dir=getattr(sink, "scratch_dir", None))
+        # 4. the task's post-processing, band by band
+        if finish is not None:
+            bands = engine.map_bands(bands, h, finish.halo, _timed(finish))
+        # 5. the sink
+        result = sink.write(bands)
+        if prior is not None:
             stats["seconds"]["prior"] = start.seconds
-        if self.pipeline is not None:
-            begin = time.perf_counter()
-            finished = self.pipeline.finish(x, out, opts, self.device)
-            if finished is not out:
-                stats["seconds"]["recompose"] = time.perf_counter() - begin
-            out = finished
+        if finish is not None:
+            stats["seconds"]["recompose"] = finish.seconds
+        return result
+
+    def _restore_canvas(self, image, opts, stats):
+        """Stereo pairs and pre-upsampled tasks: the whole float canvas, restored as one tensor."""
+        x = self._canvas(image)
+        lens = opts.task_options.values if self.task.needs_lens else None
+        out = engine.restore_tensor(self.model, x, opts, self.device, lens=lens, stats=stats)
+        out = out[0].permute(1, 2, 0).numpy()
         if self.task.stereo:
             return out[..., :3].copy(), out[..., 3:].copy()
         return out
@@ -169,10 +222,22 @@ class Restorer:
             x = F.interpolate(x, scale_factor=self.task.upscale, mode="bicubic", align_corners=False).clamp(0, 1)
         return x
 
-    def restore_file(self, src, dst, options=None, **changes):
-        """Read, restore and write one file, keeping bit depth, alpha and metadata (see io)."""
-        from .io import read_image, write_image
-        image = read_image(src)
-        out = self.restore(image.rgb, options, **changes)
-        write_image(dst, out, like=image)
-        return Path(dst)
+
+PLANNING_ROWS = 1216   # rows of a band the plan sizes the task's buffers for (the tallest tile's region)
+
+
+def _held_bytes(source):
+    """What a source holds beside the engine: a decoded PNG/JPEG's samples (a caller's array too)."""
+    data = getattr(source, "data", None)
+    return int(data.nbytes) if data is not None else 0
+
+
+def _timed(finish):
+    """The finish band function, its time added up in ``finish.seconds``."""
+    def fn(a0, a1, rows):
+        begin = time.perf_counter()
+        try:
+            return finish.fn(a0, a1, rows)
+        finally:
+            finish.seconds += time.perf_counter() - begin
+    return fn

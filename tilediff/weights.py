@@ -114,8 +114,20 @@ def _check_finite(path, state_dict):
             raise ModelFileError(f"{path}: tensor {k!r} holds NaN or infinite values")
 
 
-def convert(noise_path, compressor_path=None, task=None, output=None, description=""):
-    """Turn reference checkpoints into one model file; returns its path. Writes nothing on error."""
+def convert(noise_path, compressor_path=None, task=None, output=None, description="", overwrite=False):
+    """Turn reference checkpoints into one model file; returns its path. Writes nothing on error.
+
+    ``output`` (default: the noise checkpoint with .safetensors) is checked first
+    (``io.atomic.check_output``): it must not be one of the checkpoints, must be a regular file or
+    not exist, and an existing file is replaced only with ``overwrite``."""
+    from .io.atomic import check_output   # here, not at the top: reading model files needs no io
+    from .io.errors import ImageWriteError
+    output = Path(output) if output else Path(noise_path).with_suffix(".safetensors")
+    try:
+        check_output(output, inputs=[p for p in (noise_path, compressor_path) if p is not None],
+                     overwrite=overwrite)
+    except ImageWriteError as e:
+        raise ModelFileError(str(e)) from None
     noise_sd = read_checkpoint(noise_path)
     _check_finite(noise_path, noise_sd)
     task_obj = get_task(task) if task else None
@@ -158,7 +170,6 @@ def convert(noise_path, compressor_path=None, task=None, output=None, descriptio
     if compressor_path is not None:
         provenance["compressor_checkpoint"] = {"name": Path(compressor_path).name,
                                                "sha256": _sha256(compressor_path)}
-    output = Path(output) if output else Path(noise_path).with_suffix(".safetensors")
     save_model(output, noise_sd, variant, noise_config, compressor_sd, compressor_config,
                task=task_obj.name, sde=task_obj.sde, provenance=provenance, description=description)
     return output
@@ -275,6 +286,18 @@ def load_model(path, device="cpu"):
     return model.to(device)
 
 
+def default_cost_text(meta):
+    """What the model file's defaults cost: network evaluations per image (runs × steps per run)."""
+    T = int(meta["sde"].get("T", 100))
+    start = T
+    if meta.get("default_prior") not in (None, "", "none"):
+        start = max(1, min(T, round(float(meta.get("default_prior_t", 0.5)) * T)))
+    per_run = min(int(meta.get("default_steps") or start), start)
+    runs = int(meta.get("default_samples", 1))
+    return (f"{runs * per_run} network evaluations per image with the defaults ({runs} run{'s' * (runs > 1)} × "
+            f"{per_run} steps{f' from t = {start}' if start != T else ''}), one encode and one decode")
+
+
 def describe(path):
     """Human-readable summary of a model file (for `tilediff info`)."""
     meta = read_metadata(path)
@@ -294,6 +317,9 @@ def describe(path):
         lines.append(f"  description: {meta['description']}")
     if meta.get("default_sampler"):
         lines.append(f"  sampler:     {meta['default_sampler']} (used when --sampler is not given)")
+    if meta.get("default_steps"):
+        lines.append(f"  steps:       {meta['default_steps']} network evaluations per run on the "
+                     f"{meta['sde'].get('T', 100)}-step schedule (used when --steps is not given)")
     if int(meta.get("default_samples", 1)) > 1:
         lines.append(f"  samples:     {meta['default_samples']} reverse runs averaged "
                      "(used when --samples is not given)")
@@ -306,6 +332,7 @@ def describe(path):
     if metadata_flag(meta, "default_recompose"):
         lines.append("  recompose:   the output is rebuilt from the input with the transmission it implies "
                      "(used when --recompose / --no-recompose is not given)")
+    lines.append(f"  cost:        {default_cost_text(meta)}")
     if meta.get("noise_tile"):
         lines.append(f"  noise tile:  {meta['noise_tile']} latent units, overlap {meta.get('noise_overlap', 'default')} "
                      "(the training crop; --mode auto evaluates the noise network on such tiles)")

@@ -1,4 +1,5 @@
-"""What every command shares: one-line errors, the progress bar, the peak-memory text."""
+"""What every command shares: one-line errors and warnings, interrupts, the progress bar, the
+peak-memory text."""
 import sys
 
 import click
@@ -14,6 +15,21 @@ class CliError(click.ClickException):
 def fail(message):
     """Stop the command with ``tilediff: error: MESSAGE`` (its first line) and exit status 1."""
     raise CliError(str(message).splitlines()[0] if str(message) else "failed")
+
+
+def interrupted_exit(exc):
+    """Print the one line an interrupted command ends with; returns its exit status (128 + the
+    signal: 130 for Ctrl-C / SIGINT, 143 for SIGTERM)."""
+    from . import _exit_status, _interrupted_line
+    click.echo(_interrupted_line(exc), err=True)
+    return _exit_status(exc)
+
+
+def warn(lines):
+    """Print warnings about the data (``tilediff: warning: ...``, one line each). They are printed
+    with --quiet too: --quiet silences progress and summaries, not what happened to an image."""
+    for line in lines:
+        click.echo(f"tilediff: warning: {' '.join(str(line).split())}", err=True)
 
 
 def progress_printer(quiet):

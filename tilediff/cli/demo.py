@@ -3,7 +3,7 @@ from pathlib import Path
 
 import click
 
-from .common import fail, peak_memory_text, progress_printer
+from .common import fail, peak_memory_text, progress_printer, warn
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "example_hazy.png"
 
@@ -17,19 +17,24 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "example_hazy.png"
 def demo_cmd(output, overwrite, device, quiet):
     """Dehaze the bundled example (a hazy photo shipped with tilediff) with the shipped model and its
     defaults, and say where the input and the result are: the quickest check that everything works."""
-    from ..batch import Job, restore_job
+    from ..batch import Job, TempSweeper, check_job_outputs, restore_job
     from ..restorer import Restorer
     from ..weights import ModelFileError
-    if output.exists() and not overwrite:
-        fail(f"{output}: exists (use --overwrite to replace it)")
+    job = Job((EXAMPLE,), (output,))
+    try:
+        check_job_outputs(job, overwrite=overwrite)    # before the model is loaded
+    except OSError as e:
+        fail(e)
+    sweep = TempSweeper()
     progress, close = progress_printer(quiet)
     try:
         restorer = Restorer("dehaze", device=device)
-        entry = restore_job(restorer, Job((EXAMPLE,), (output,)), restorer.options(progress=progress))
+        entry = restore_job(restorer, job, restorer.options(progress=progress), overwrite=overwrite, sweep=sweep)
     except (ModelFileError, ValueError, OSError) as e:
         fail(e)
     finally:
         close()
+    warn(entry.get("warnings", ()))
     w, h = entry["size"]
     click.echo(f"dehazed {EXAMPLE} ({w}x{h}) with {restorer.weights.name} in {entry['seconds']:.1f} s "
                f"(peak memory {peak_memory_text(restorer.device)})")

@@ -35,11 +35,13 @@ def info_cmd(model_file):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Model file to write (default: NOISE_CHECKPOINT with .safetensors).")
 @click.option("--description", default="", help="Free text stored in the metadata.")
-def convert_cmd(noise_checkpoint, compressor, task, output, description):
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists (never one of the checkpoints).")
+def convert_cmd(noise_checkpoint, compressor, task, output, description, overwrite):
     """Convert reference .pth checkpoints into one tilediff model file."""
     from ..weights import ModelFileError, convert, describe
     try:
-        path = convert(noise_checkpoint, compressor, task=task, output=output, description=description)
+        path = convert(noise_checkpoint, compressor, task=task, output=output, description=description,
+                       overwrite=overwrite)
     except ModelFileError as e:
         fail(e)
     click.echo(f"wrote {path}")

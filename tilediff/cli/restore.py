@@ -1,16 +1,19 @@
 """``tilediff restore``: images and folders, with one RestoreOptions built from the options given."""
 import re
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from ..batch import Job, default_out_dir, error_line, find_jobs, restore_folder, restore_job
-from ..io import SUPPORTED_EXTENSIONS, is_image_file, output_path, read_size
+from ..batch import (Job, TempSweeper, check_job_outputs, default_out_dir, error_line, find_jobs, restore_folder,
+                     restore_job)
+from ..io import SUPPORTED_EXTENSIONS, check_compression, is_image_file, output_path, read_size
+from ..io.atomic import real_path
 from ..options import SAMPLERS
 from ..tasks import TASKS
 from ..tasks.dehaze.options import PRIORS
-from .common import fail, indent, peak_memory_text, progress_printer
+from .common import fail, indent, peak_memory_text, progress_printer, warn
 
 
 @click.command("restore")
@@ -52,7 +55,8 @@ from .common import fail, indent, peak_memory_text, progress_printer
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--memory-budget",
-              help="Memory budget: a number with B, KB, MB, GB or TB (powers of 1024), e.g. 4GB, at least 64MB "
+              help="Memory budget: a positive number with a unit B, KB, MB, GB or TB (powers of 1024; KiB, MiB, "
+                   "GiB, TiB and K, M, G, T mean the same; no unit: bytes), e.g. 4GB or 1.5G, at least 64MB "
                    "(default: free device memory; on the CPU half the available memory, at most 4 GB).")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="CUDA: capture one sampler step as a CUDA graph and replay it for every step.")
@@ -61,8 +65,8 @@ from .common import fail, indent, peak_memory_text, progress_printer
 @click.option("--disparity", type=float, help="Bokeh: disparity (the meta file's number).")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), help="JPEG outputs: quality (default 95).")
 @click.option("--compression",
-              help="TIFF outputs: codec name (zlib, lzw, zstd, none; default the input's); "
-                   "PNG outputs: zlib level 0-9 (default 6).")
+              help="TIFF outputs: codec name (zlib, lzw, zstd, none, ...; default the input's; one that cannot be "
+                   "written here is refused before any work); PNG outputs: zlib level 0-9 (default 6).")
 @click.option("--pattern", default="*", show_default=True, help="Input folders: glob of the file names to take.")
 @click.option("--recursive", is_flag=True, help="Input folders: include subfolders (mirrored in the output).")
 @click.option("--overwrite", is_flag=True,
@@ -77,26 +81,33 @@ from .common import fail, indent, peak_memory_text, progress_printer
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0),
               help="With --ray: the share of a GPU each worker holds (default 1 when the cluster has GPUs; "
                    "0.5 puts two workers on each GPU, one decoding while the other computes; 0: CPU workers).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary lines; errors only.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bar and no summary lines: errors, and warnings about the data, only.")
 def restore_cmd(inputs, task, weights, output, out_dir, device, precision, jpeg_quality, compression, pattern,
                 recursive, overwrite, dry_run, quiet, ray_address, workers, gpus_per_worker, **restore_options):
     """Restore images (TIFF, PNG, JPEG) or folders of them.
 
-    Outputs are NAME_TASK.EXT beside each input unless -o/--out-dir say otherwise; bit depth, alpha,
-    ICC profile and EXIF are kept. stereo-sr takes left/right pairs (two files each, or a folder whose
-    views are matched by name: NAME_L/NAME_R, NAME_left/NAME_right, NAME0/NAME1). A folder is restored
-    into DIR_TASK (or --out-dir), outputs that exist are skipped so a rerun resumes, and a summary is
-    written to tilediff_summary.json there.
+    Outputs are NAME_TASK.EXT beside each input unless -o/--out-dir say otherwise (.tif .tiff .png
+    .jpg .jpeg only); bit depth, alpha, ICC profile and EXIF are kept. stereo-sr takes left/right
+    pairs (two files each, or a folder whose views are matched by name: NAME_L/NAME_R,
+    NAME_left/NAME_right, NAME0/NAME1). A folder is restored into DIR_TASK (or --out-dir), outputs that
+    exist are skipped so a rerun resumes, and a summary is written to tilediff_summary.json there.
+    Multi-page TIFFs and animated PNGs are refused; inputs must be regular files.
 
     \b
     Exit status: 0 every input restored; 1 an input failed or the command cannot run (a wrong model
-    file or option value); 2 a malformed command line; 130 interrupted (Ctrl-C).
+    file or option value, a full disk); 2 a malformed command line (an unknown option, a value of the
+    wrong type, -o with --out-dir); 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM).
+    Either interrupt leaves no partial output and no temporary file.
     """
     from ..options import RestoreOptions
     from ..restorer import Restorer
     from ..weights import ModelFileError
 
+    started = time.time()
     task_obj = TASKS[task]
+    if output is not None and out_dir is not None:
+        raise click.UsageError("-o/--output names the output file and --out-dir its folder: give one of them")
     folders = [p for p in inputs if p.is_dir()]
     files = [p for p in inputs if not p.is_dir()]
     if output is not None and (folders or len(files) != (2 if task_obj.stereo else 1)):
@@ -104,6 +115,13 @@ def restore_cmd(inputs, task, weights, output, out_dir, device, precision, jpeg_
     if task_obj.stereo and len(files) % 2:
         fail("stereo-sr takes left/right pairs: give an even number of images (left then right), or a folder")
     compression = _compression_value(compression)
+    jobs = _file_jobs(task_obj, files, output, out_dir)
+    if not dry_run:   # an output that cannot be written: said before the model is loaded
+        problems = _job_problems(jobs, files, overwrite)
+        if len(problems) == len(jobs) and jobs and not folders:
+            for line in problems.values():
+                click.echo(f"tilediff: error: {line}", err=True)
+            sys.exit(1)
     cluster = _cluster_options(ray_address, workers, gpus_per_worker, folders, device)
     try:
         options = RestoreOptions.build(task_obj, **restore_options)
@@ -126,7 +144,6 @@ def restore_cmd(inputs, task, weights, output, out_dir, device, precision, jpeg_
     except ValueError as e:
         fail(_as_flags(str(e), restore_options))
 
-    jobs = _file_jobs(task_obj, files, output, out_dir)
     folder_outs = [(d, out_dir if out_dir is not None and len(folders) == 1 else
                     out_dir / d.resolve().name if out_dir is not None else default_out_dir(d, task))
                    for d in folders]
@@ -135,7 +152,7 @@ def restore_cmd(inputs, task, weights, output, out_dir, device, precision, jpeg_
     else:
         writer = dict(jpeg_quality=jpeg_quality, compression=compression)
         failures = _restore_all(restorer, options, jobs, folder_outs, files, pattern, recursive, overwrite, quiet,
-                                writer, cluster)
+                                writer, cluster, started)
     if failures:
         if not dry_run and len(jobs) + len(folders) > 1 and not quiet:
             click.echo(f"tilediff: {failures} input(s) failed", err=True)
@@ -212,29 +229,32 @@ def _dry_run(restorer, options, jobs, folder_outs, pattern, recursive, overwrite
 
 
 def _restore_all(restorer, options, jobs, folder_outs, files, pattern, recursive, overwrite, quiet, writer,
-                 cluster=None):
+                 cluster=None, started=None):
     """Restore the file jobs, then the folders (on Ray with ``cluster``, restore_folder's Ray arguments);
-    returns the number of inputs that failed."""
+    returns the number of inputs that failed. Warnings about the data are printed with --quiet too."""
     progress, close = progress_printer(quiet)
     options = options.replace(progress=progress)
     failures, written = 0, set()
-    inputs_resolved = {Path(p).resolve() for p in files}
+    sweep = TempSweeper(started)
     try:
         for job in jobs:
-            problem = _job_problem(job, inputs_resolved, written, overwrite)
+            problem = _job_problems([job], files, overwrite).get(0)
+            if problem is None and any(real_path(p) in written for p in job.outputs):
+                problem = f"{job.outputs[0]}: already written for an earlier input of this run"
             if problem:
                 failures += 1
                 click.echo(f"tilediff: error: {problem}", err=True)
                 continue
             try:
-                entry = restore_job(restorer, job, options, **writer)
+                entry = restore_job(restorer, job, options, overwrite=overwrite, sweep=sweep, **writer)
             except Exception as e:
                 close()
                 failures += 1
                 click.echo(f"tilediff: error: {error_line(e, job.label)}", err=True)
                 continue
             close()
-            written.update(p.resolve() for p in job.outputs)
+            written.update(real_path(p) for p in job.outputs)
+            warn(entry.get("warnings", ()))
             if not quiet:
                 click.echo(_summary_line(entry, restorer.device), err=True)
 
@@ -243,7 +263,9 @@ def _restore_all(restorer, options, jobs, folder_outs, files, pattern, recursive
                 close()
                 if event == "failed":
                     click.echo(f"tilediff: error: {entry['error']}", err=True)
-                elif quiet:
+                    return
+                warn(entry.get("warnings", ()))
+                if quiet:
                     pass
                 elif event == "succeeded":
                     click.echo(_summary_line(entry, restorer.device), err=True)
@@ -259,16 +281,25 @@ def _restore_all(restorer, options, jobs, folder_outs, files, pattern, recursive
                 continue
             counts = summary["counts"]
             failures += counts["failed"]
-            if not quiet:
-                click.echo(f"{folder}: {counts['succeeded']} restored, {counts['failed']} failed, "
-                           f"{counts['skipped']} skipped; summary in {summary['summary_path']}", err=True)
+            where = (f"summary in {summary['summary_path']}" if "summary_error" not in summary
+                     else summary["summary_error"])
+            tally = f"{counts['succeeded']} restored, {counts['failed']} failed, {counts['skipped']} skipped"
+            if summary.get("stopped"):
+                failures += summary.get("not_tried", 0)
+                click.echo(f"tilediff: error: {folder}: stopped, the disk is full ({dest}): {tally}, "
+                           f"{summary.get('not_tried', 0)} not tried; {where}", err=True)
+            elif "summary_error" in summary:
+                click.echo(f"tilediff: error: {where}", err=True)
+            elif not quiet:
+                click.echo(f"{folder}: {tally}; {where}", err=True)
     finally:
         close()
     return failures
 
 
 def _compression_value(text):
-    """--compression as given: digits are a PNG zlib level (0-9), a name a TIFF codec."""
+    """--compression as given: digits are a PNG zlib level (0-9), a name a TIFF codec that can be
+    written here (``io.check_compression``: refused before any work, not replaced by zlib later)."""
     if text is None:
         return None
     value = text.strip()
@@ -276,12 +307,12 @@ def _compression_value(text):
         if int(value) > 9:
             fail(f"--compression {text}: a PNG zlib level is 0-9 (TIFF takes a codec name: zlib, lzw, zstd, none)")
         return int(value)
-    import tifffile
-    if value.lower() not in ("zlib", "deflate", "none"):
-        try:
-            tifffile.COMPRESSION[value.upper()]
-        except KeyError:
+    try:
+        check_compression(value)
+    except ValueError as e:
+        if str(e).startswith("unknown TIFF compression"):
             fail(f"--compression {text}: not a PNG level (0-9) nor a TIFF codec name (zlib, lzw, zstd, none, ...)")
+        fail(f"--compression {text}: {e}")
     return value
 
 
@@ -304,19 +335,22 @@ def _summary_line(entry, device):
     return f"{out}: {w}x{h}, {entry['seconds']:.1f} s, peak memory {peak}"
 
 
-def _job_problem(job, inputs, written, overwrite):
-    """Why a file job must not run (one line naming the file), or None."""
-    for src in job.inputs:
-        if src.is_file() and not is_image_file(src):
-            return (f"{src}: unsupported file type {src.suffix or '(no extension)'}: tilediff reads and writes "
-                    f"TIFF, PNG and JPEG ({' '.join(SUPPORTED_EXTENSIONS)})")
-    if len({dst.resolve() for dst in job.outputs}) < len(job.outputs):
-        return f"{job.outputs[0]}: the left and right views would be written to the same file; use -o"
-    for dst in job.outputs:
-        if dst.resolve() in inputs:
-            return f"{dst}: refusing to overwrite an input"
-        if dst.resolve() in written:
-            return f"{dst}: already written for an earlier input of this run"
-        if dst.exists() and not overwrite:
-            return f"{dst}: exists (use --overwrite to replace it)"
-    return None
+def _job_problems(jobs, files, overwrite):
+    """{index: why file job ``index`` must not run (one line naming the file)} for the jobs that must
+    not: an input of another type, an output that ``batch.check_job_outputs`` refuses (an input,
+    not a regular file, an existing file without --overwrite, a parent that is not a folder, an
+    extension other than .tif .tiff .png .jpg .jpeg)."""
+    from ..io import ImageWriteError
+    problems = {}
+    for index, job in enumerate(jobs):
+        for src in job.inputs:
+            if src.is_file() and not is_image_file(src):
+                problems[index] = (f"{src}: unsupported file type {src.suffix or '(no extension)'}: tilediff reads "
+                                   f"and writes TIFF, PNG and JPEG ({' '.join(SUPPORTED_EXTENSIONS)})")
+                break
+        else:
+            try:
+                check_job_outputs(job, overwrite=overwrite, inputs=files)
+            except ImageWriteError as e:
+                problems[index] = str(e)
+    return problems

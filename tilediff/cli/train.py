@@ -1,4 +1,4 @@
-"""``tilediff train`` and ``tilediff eval`` (click commands; cli.py registers them with add_command)."""
+"""``tilediff train`` and ``tilediff eval``: the training stages and the evaluation of a model file."""
 import json
 import shlex
 import sys
@@ -84,13 +84,22 @@ def _command_line():
               help="Checkpoints (default: .train_state/<out name>).")
 @click.option("--augment", is_flag=True,
               help="With --clean: also rescale (0.5-1x) and tone-jitter the clean images before hazing.")
+@click.option("--haze-v2", is_flag=True,
+              help="With --clean: haze with tilediff.tasks.dehaze.haze.add_haze_v2 (tinted, spatially varying "
+                   "airlight; depth from smooth fields and image cues) instead of add_haze.")
+@click.option("--clear-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="With --clean: fraction of the hazed windows left haze-free (input = target).")
+@click.option("--scale-range", default=None,
+              help="With --clean: LO,HI (0 < LO <= HI <= 1): cut each window at a random scale in [LO, HI] "
+                   "(log-uniform; a region of window/scale px box-downscaled), for large photos. Default: off.")
 @click.option("--save-every", default=200, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in the state folder.")
 @click.option("--no-progress", is_flag=True)
 def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, compressor_iters, noise_iters,
               batch, crop, noise_crop, optimizer, noise_optimizer, lr, noise_lr, min_lr, warmup, weight_decay,
               latent_weight, skip_dropout, noise_loss, init_noise, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
-              middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, augment, save_every, resume, no_progress):
+              middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, augment, haze_v2,
+              clear_fraction, scale_range, save_every, resume, no_progress):
     """Train a latent Refusion model (compressor, then noise network) from paired or clean images.
 
     \b
@@ -99,6 +108,7 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
     """
     from .. import training as T
     from ..tasks import get_task
+    from ..training.data import parse_scale_range
     try:
         task_obj = get_task(task)
     except ValueError as e:
@@ -108,6 +118,10 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
                                f"not {task}")
     if not clean and not (lq and gt):
         raise click.UsageError("give --clean DIR, or both --lq DIR and --gt DIR")
+    try:
+        scale_range = parse_scale_range(scale_range)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--scale-range")
     sde_cfg = dict(task_obj.sde)
     if max_sigma is not None:
         sde_cfg["max_sigma"] = max_sigma
@@ -116,7 +130,8 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
                   ema_every=ema_every, use_ema=not no_ema, save_every=save_every)
     cfg = T.TrainConfig(
         task=task_obj.name, clean=clean, lq=lq, gt=gt, density=density, permute_channels=not no_permute,
-        haze_refresh=haze_refresh, augment=augment,
+        haze_refresh=haze_refresh, augment=augment, scale_range=scale_range, haze_v2=haze_v2,
+        clear_fraction=clear_fraction,
         compressor_config={"in_ch": 3, "out_ch": 3, "ch": ch, "ch_mult": _ints(ch_mult), "embed_dim": embed_dim},
         noise_config={"img_channel": embed_dim, "width": width, "enc_blk_nums": _ints(enc_blocks),
                       "middle_blk_num": middle_blocks, "dec_blk_nums": _ints(dec_blocks)},

@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import torch
 
-__all__ = ["Canvas", "scratch_folder"]
+__all__ = ["Canvas", "TensorSource", "scratch_folder"]
 
 
 def scratch_folder(preferred=None):
@@ -81,7 +81,7 @@ class Canvas:
             for i, y in enumerate(range(y0, y1)):
                 self.file.seek(y * row_bytes + offset)
                 self.file.readinto(memoryview(out[i]).cast("B"))
-        return torch.from_numpy(out).permute(2, 0, 1)[None]
+        return torch.from_numpy(out[None]).permute(0, 3, 1, 2)   # channels-last strides, as a RAM view's
 
     def write(self, y0, x0, values):
         """Store a (1, C, h, w) tensor at rows y0.., columns x0.."""
@@ -109,3 +109,14 @@ class Canvas:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+class TensorSource:
+    """A (1, C, H, W) host tensor as a region source (the engine's whole-tensor entry points)."""
+
+    def __init__(self, x):
+        self.x = x
+        self.channels, self.height, self.width = x.shape[1:]
+
+    def region(self, y0, y1, x0, x1):
+        return self.x[0, :, y0:y1, x0:x1].float()

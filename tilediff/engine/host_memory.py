@@ -15,13 +15,18 @@ huge pages (only effective if torch has not allocated a large block yet; the CLI
 workers import tilediff first). ``TILEDIFF_HOST_ALLOCATOR=default`` leaves both alone. A no-op
 where glibc is not the C library.
 """
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
 
-M_MMAP_THRESHOLD = -3             # glibc's mallopt parameter number
+M_TRIM_THRESHOLD = -1             # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 2 << 20           # blocks from 2 MiB on are mmapped (torch's huge-page size too)
+REUSE_MMAP_THRESHOLD = 32 << 20    # heap reuse: blocks up to glibc's largest threshold from the heap
+REUSE_TRIM_THRESHOLD = 1 << 30     # ... and freed heap memory kept for the next allocation
+TRIM_THRESHOLD = 128 << 10         # glibc's default trim threshold
 
 _libc = None
 _configured = None
@@ -55,6 +60,30 @@ def configure():
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     _configured["torch_huge_pages"] = os.environ["THP_MEM_ALLOC_ENABLE"] not in ("", "0")
     return _configured
+
+
+@contextlib.contextmanager
+def heap_reuse():
+    """Serve large blocks from the heap and keep freed ones for reuse while inside (the tuned
+    setting restored, and free heap memory returned, on leaving).
+
+    For a stage that allocates the same few large tensors over and over (the noise network's
+    forward at every step), a fresh mmap per block costs its page faults at every allocation;
+    the heap hands back the block just freed. The tiled compressor, whose tiles differ in size,
+    keeps the mmapped setting (no fragmented heap). A no-op when the allocator is not tuned."""
+    libc = _glibc()
+    tuned = _configured is not None and _configured.get("mmap_threshold")
+    if libc is None or not tuned:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, REUSE_MMAP_THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def release_free_memory():

@@ -10,14 +10,22 @@ squared error when the samples disagree. K × the sampling time; one decode. Wit
 also sees μ in orientation k mod 4 (``ORIENTATIONS``; its final latent is turned back before the
 average): the network's errors in different orientations are less alike than those of different
 start noises, so the mean is closer to the clean latent for the same cost.
+
+On the CPU with a tiled noise network the runs go a band of rows at a time over the canvases
+(``banded_sampling``: the same numbers, without whole-canvas temporaries, on canvases in RAM or in
+scratch files); otherwise ``sde.sample`` runs on whole tensors (on a GPU, on the device).
 """
 import torch
 
 from .. import sde
+from .banded_sampling import sample_bands
+from .canvas import Canvas
 from .noise_net import NoiseNetEvaluation
 from .rng import START_STEP, run_noise
 
 __all__ = ["ORIENTATIONS", "schedule_for", "run_steps", "sample_canvas", "SampleProgress"]
+
+BANDED_ON_CPU = True   # tiled noise on the CPU: the banded sampler (False: sde.sample on whole tensors)
 
 # Orientations of the canvas for the ensemble, as (name, forward, inverse) on (..., H, W) tensors:
 # the identity, a horizontal flip, the transpose and the transpose of the flip.  Vertical flips are
@@ -59,6 +67,13 @@ def sample_canvas(model, mu, plan, options, device, dtype, *, lens=None, guess=N
     start = sch.T if guess is None else start_step
     steps = run_steps(options, start, sch.T)
     orientations = ORIENTATIONS if options.ensemble else ORIENTATIONS[:1]
+    if device.type == "cpu" and plan.noise_mode == "tiled" and BANDED_ON_CPU:
+        # tiles on the CPU: a band at a time over the canvases, in RAM or scratch files (same numbers)
+        as_canvas = lambda c: c if c is None or isinstance(c, Canvas) else Canvas.of(c.float())  # noqa: E731
+        return sample_bands(model, sch, as_canvas(mu), plan, options, dtype, lens=lens, guess=as_canvas(guess),
+                            start=start, steps=steps, orientations=orientations, folder=plan.folder("latent"),
+                            progress=SampleProgress(report, runs * steps))
+    mu, guess = (c.whole() if isinstance(c, Canvas) else c for c in (mu, guess))
     layout = _memory_format(mu)
     if device.type == "cuda":
         mu = mu.to(device)

@@ -1,84 +1,137 @@
-"""The engine's stages for one image: plan → encode → sample → decode under a memory budget.
+"""The engine's stages for one image: plan → encode → sample → decode, source to bands, under a budget.
 
-``restore_tensor`` runs a model on a (1, C, H, W) float32 canvas in [0, 1] held on the host:
+``restore_bands`` runs a model on a region source (``io.sources``: the input read window by
+window) and returns the output as an iterator of bands of rows, for a sink to write as they come:
 
-1. plan: modes, tiles and batch from the image size, the networks' facts and the budget (``plan``);
-2. encode: the image → the canvas μ the sampler works on (a codec, chosen once from the plan):
+1. plan: modes, tiles, batch and where each canvas lives, from the image size, the networks'
+   facts and the budget (``plan``); a plan that cannot fit raises before any work;
+2. encode: the source → the canvas μ the sampler works on (a codec, chosen once from the plan):
    - ``PixelCodec``: pixel-space models; the canvas is the image itself;
    - ``WholeCodec``: the reference algorithm, the compressor on the whole image at once;
-   - ``TiledCodec``: the compressor over tiles, exact (``tiled_compressor``);
+   - ``TiledCodec``: the compressor over tiles, exact, each tile reading its region (``tiled_compressor``);
 3. sample: the reverse-process runs over the canvas, ε from the whole or tiled noise network (``sampling``);
-4. decode: the final latent → the image, with the skips of the encode.
+4. decode: the final latent → the image's rows, a band of output tiles at a time, with the skips
+   of the encode (kept, or recomputed from the source).
 
+``restore_tensor`` is the same on a (1, C, H, W) tensor, the result collected into one.
 The noise network's SCA pools globally, so whole-latent evaluation is exact and tiled evaluation an
 approximation; 'auto' uses the whole latent whenever it fits.
 """
 import time
 
+import numpy as np
 import torch
 
 from . import host_memory
-from .plan import DTYPES, make_plan
+from .canvas import Canvas, TensorSource
+from .plan import COMPRESSOR_TILES, DTYPES, make_plan
 from .sampling import sample_canvas
-from .tiled_compressor import TiledCompressor
+from .tiled_compressor import TiledCompressor, encoder_halo
 
-__all__ = ["restore_tensor", "make_codec", "PixelCodec", "WholeCodec", "TiledCodec"]
+__all__ = ["restore_bands", "restore_tensor", "make_codec", "PixelCodec", "WholeCodec", "TiledCodec"]
+
+BAND_ROWS = 256   # rows per band where the output is whole anyway (pixel models, the reference)
+
+
+def restore_bands(model, source, options, device=torch.device("cpu"), *, lens=None, prior=None, start_step=None,
+                  stats=None, held_bytes=0, scratch_dir=None):
+    """Restore a region source; returns an iterator of (y0, rows) bands of the output in raster
+    order, ``rows`` an (h, W, C) float32 array clamped to [0, 1].
+
+    ``source``: a region source (``source.region(y0, y1, x0, x1)`` → float (C, h, w); ``height``,
+    ``width``, ``channels``). ``options``: a ``RestoreOptions`` (resolved here against ``model``;
+    its ``progress(stage, done, total)`` is called as the stages advance). ``lens``: bokeh's
+    (src_lens, tgt_lens, disparity). ``prior``: a region source of an estimate of the restored
+    image (same size, e.g. a classic method's output): its latent is the x_0 around which each
+    reverse run starts at ``start_step`` (drawn from the forward process there) instead of at
+    x_T = μ + λz. Needs a latent model. ``stats`` (a dict) receives the plan ("plan") at once and
+    the seconds per stage ("seconds", the decode's without the time the consumer of the bands
+    takes) and the CUDA-graph counts ("cuda_graph") as they happen. ``held_bytes``: what the
+    caller's input and output hold (``make_plan``); ``scratch_dir``: where disk canvases go.
+
+    The plan is made here, before any work (``plan.MemoryBudgetError`` when it cannot fit); the
+    stages run as the bands are asked for.
+    """
+    options = options.resolve(model)
+    if prior is not None:
+        if model.compressor is None:
+            raise ValueError("a prior image needs a latent model (a compressor)")
+        if (prior.height, prior.width) != (source.height, source.width):
+            raise ValueError(f"the prior image's size {prior.width}x{prior.height} differs from the input's "
+                             f"{source.width}x{source.height}")
+        if start_step is None:
+            raise ValueError("a prior image needs start_step")
+    host_memory.configure()   # the first restoration tunes the host allocator (host_memory)
+    device = torch.device(device)
+    h, w = source.height, source.width
+    if h < 1 or w < 1:
+        raise ValueError(f"empty image ({w}x{h})")
+    stats = {} if stats is None else stats
+    # 1. plan (a TIFF's cache of decoded segments: one band of the tallest tile's regions at most)
+    cache = source.band_bytes(_region_rows(model, COMPRESSOR_TILES[0])) if hasattr(source, "band_bytes") else 0
+    plan = stats["plan"] = make_plan(model, (h, w), source.channels, options, device,
+                                     held_bytes=held_bytes + cache, scratch_dir=scratch_dir)
+    if hasattr(source, "set_cache"):
+        source.set_cache(source.band_bytes(_region_rows(model, plan.compressor_tile)))
+    return _run(model, source, plan, options, device, lens, prior, start_step, stats)
+
+
+def _region_rows(model, tile):
+    """Image rows of the regions a row of compressor tiles reads (the tile and the encoder's halo)."""
+    if model.compressor is None:
+        return 1
+    return (tile + 2 * encoder_halo(model.compressor.depth)) * model.compressor.scale
+
+
+def _run(model, source, plan, options, device, lens, prior, start_step, stats):
+    timings = stats.setdefault("seconds", {})
+    report = options.progress or (lambda *args: None)
+    dtype = DTYPES[options.precision]
+    model.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        # 2. encode (and the prior image's latent); large blocks reused from the heap (host_memory)
+        start = time.perf_counter()
+        codec = make_codec(model, plan, device, dtype, report)
+        with host_memory.heap_reuse():
+            mu = codec.encode(source)
+            guess = None if prior is None else codec.latent_of(prior)
+        timings["encode"] = time.perf_counter() - start
+        host_memory.release_free_memory()
+
+        # 3. sample (the same tensors at every step, reused from the heap)
+        start = time.perf_counter()
+        with host_memory.heap_reuse():
+            state = sample_canvas(model, mu, plan, options, device, dtype, lens=lens, guess=guess,
+                                  start_step=start_step, report=report, stats=stats)
+        del mu, guess
+        timings["sample"] = time.perf_counter() - start
+        host_memory.release_free_memory()
+
+        # 4. decode, a band at a time (the time the consumer takes between bands is not counted)
+        timings["decode"] = 0.0
+        start = time.perf_counter()
+        for y0, rows in codec.decode_bands(state, source):
+            timings["decode"] += time.perf_counter() - start
+            yield y0, rows
+            start = time.perf_counter()
+        timings["decode"] += time.perf_counter() - start
 
 
 def restore_tensor(model, x, options, device=torch.device("cpu"), *, lens=None, prior=None, start_step=None,
                    stats=None):
     """Restore a (1, C, H, W) host canvas; returns the restored (1, C, H, W) canvas clamped to [0, 1].
 
-    ``options``: a ``RestoreOptions`` (resolved here against ``model``; its ``progress(stage, done,
-    total)`` is called as the stages advance). ``lens``: bokeh's (src_lens, tgt_lens, disparity).
-    ``prior``: an estimate of the restored image (same shape, e.g. a classic method's output). Its
-    latent is the x_0 around which each reverse run starts at ``start_step`` (drawn from the forward
-    process there) instead of at x_T = μ + λz: the network refines the estimate over the last
-    ``start_step`` steps. Needs a latent model. ``stats`` (a dict) receives the plan ("plan"), the
-    seconds per stage ("seconds") and the CUDA-graph counts ("cuda_graph").
-    """
-    options = options.resolve(model)
-    if prior is not None:
-        if model.compressor is None:
-            raise ValueError("a prior image needs a latent model (a compressor)")
-        if prior.shape != x.shape:
-            raise ValueError(f"the prior image's shape {tuple(prior.shape)} differs from the input's {tuple(x.shape)}")
-        if start_step is None:
-            raise ValueError("a prior image needs start_step")
-    host_memory.configure()   # the first restoration tunes the host allocator (host_memory)
-    device = torch.device(device)
-    dtype = DTYPES[options.precision]
-    _, channels, h, w = x.shape
-    if h < 1 or w < 1:
-        raise ValueError(f"empty image ({w}x{h})")
-    stats = {} if stats is None else stats
-    timings = stats.setdefault("seconds", {})
-    report = options.progress or (lambda *args: None)
-
-    # 1. plan
-    plan = stats["plan"] = make_plan(model, (h, w), channels, options, device)
-    model.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        # 2. encode (and the prior image's latent)
-        start = time.perf_counter()
-        codec = make_codec(model, plan, device, dtype, report)
-        mu = codec.encode(x)
-        guess = None if prior is None else codec.latent_of(prior)
-        timings["encode"] = time.perf_counter() - start
-        host_memory.release_free_memory()
-
-        # 3. sample
-        start = time.perf_counter()
-        state = sample_canvas(model, mu, plan, options, device, dtype, lens=lens, guess=guess,
-                              start_step=start_step, report=report, stats=stats)
-        timings["sample"] = time.perf_counter() - start
-        host_memory.release_free_memory()
-
-        # 4. decode
-        start = time.perf_counter()
-        out = codec.decode(state)
-        timings["decode"] = time.perf_counter() - start
-    return out.clamp_(0, 1)
+    ``restore_bands`` on the tensor (``prior``: a tensor of the same shape), the bands collected."""
+    if prior is not None and prior.shape != x.shape:
+        raise ValueError(f"the prior image's shape {tuple(prior.shape)} differs from the input's {tuple(x.shape)}")
+    out = None
+    bands = restore_bands(model, TensorSource(x), options, device, lens=lens, start_step=start_step, stats=stats,
+                          prior=None if prior is None else TensorSource(prior))
+    for y0, rows in bands:
+        if out is None:
+            out = torch.empty(1, rows.shape[2], x.shape[2], x.shape[3])
+        out[0, :, y0:y0 + rows.shape[0]] = torch.from_numpy(rows).permute(2, 0, 1)
+    return out
 
 
 def make_codec(model, plan, device, dtype, report):
@@ -90,17 +143,31 @@ def make_codec(model, plan, device, dtype, report):
     return TiledCodec(model.compressor, plan, device, dtype, report)
 
 
+def _whole(source):
+    """The whole source as a (1, C, H, W) float32 tensor."""
+    return torch.as_tensor(source.region(0, source.height, 0, source.width)).float()[None]
+
+
+def _bands_of(image):
+    """A whole (1, C, H, W) result (or canvas) as bands of ``BAND_ROWS`` rows, clamped to [0, 1]."""
+    if isinstance(image, Canvas):
+        image = image.whole()
+    for y0 in range(0, image.shape[2], BAND_ROWS):
+        rows = image[0, :, y0:y0 + BAND_ROWS].clamp(0, 1).permute(1, 2, 0)
+        yield y0, np.ascontiguousarray(rows.to("cpu", torch.float32).numpy())
+
+
 class PixelCodec:
     """Pixel-space models: the canvas is the image, and the final state the output."""
 
-    def encode(self, x):
-        return x.float()
+    def encode(self, source):
+        return _whole(source)
 
-    def latent_of(self, image):
+    def latent_of(self, source):
         raise ValueError("a prior image needs a latent model (a compressor)")
 
-    def decode(self, state):
-        return state
+    def decode_bands(self, state, source):
+        return _bands_of(state)
 
 
 class WholeCodec:
@@ -110,51 +177,54 @@ class WholeCodec:
         self.net, self.device, self.dtype, self.report = compressor, device, dtype, report
         self.skips = None
 
-    def encode(self, x):
+    def encode(self, source):
         self.report("encode", 0, 1)
-        mu, self.skips = self.net.encode(x.to(device=self.device, dtype=self.dtype))
+        mu, self.skips = self.net.encode(_whole(source).to(device=self.device, dtype=self.dtype))
         mu = mu.float().cpu()
         self.report("encode", 1, 1)
         return mu
 
-    def latent_of(self, image):
-        """The latent of another host image (its skips are not kept)."""
-        latent, _ = self.net.encode(image.to(device=self.device, dtype=self.dtype))
+    def latent_of(self, source):
+        """The latent of another image (its skips are not kept)."""
+        latent, _ = self.net.encode(_whole(source).to(device=self.device, dtype=self.dtype))
         return latent.float().cpu()
 
-    def decode(self, state):
+    def decode_bands(self, state, source):
         self.report("decode", 0, 1)
         out = self.net.decode(state.to(device=self.device, dtype=self.dtype), self.skips).float().cpu()
+        self.skips = None
         self.report("decode", 1, 1)
-        return out
+        return _bands_of(out)
 
 
 class TiledCodec:
-    """The compressor over tiles of host canvases, exact; where the skips live is the plan's choice
-    (fp32, fp16 with the finest level recomputed, or all recomputed from the image at decode)."""
+    """The compressor over tiles, exact; what is kept and where per the plan (fp32 skips, fp16
+    with the finest level recomputed, or only the deepest kept; canvases in RAM or scratch files)."""
 
     def __init__(self, compressor, plan, device, dtype, report):
         self.net, self.plan, self.device, self.dtype, self.report = compressor, plan, device, dtype, report
-        self.tiled = TiledCompressor(compressor, device, dtype, tile=plan.compressor_tile,
-                                     keep_skips=plan.skips != "recompute",
-                                     recompute_levels=1 if plan.skips == "fp16" else 0,
+        self.tiled = TiledCompressor(compressor, device, dtype, tile=plan.compressor_tile, keep_from=plan.keep_from,
                                      skip_dtype=torch.float16 if plan.skips == "fp16" else torch.float32,
-                                     level_dtype=torch.float32 if plan.skips == "fp32" else torch.float16,
-                                     progress=report)
-        self.image = self.canvas = None
+                                     level_by_level=plan.encode_mode == "level", progress=report,
+                                     where={name: plan.folder(name) for name in plan.where})
+        self.encoded = None
 
-    def encode(self, x):
-        self.image = x                      # the skips not kept are recomputed from it
-        self.canvas = self.tiled.encode(x)
-        return self.canvas.latent
+    def encode(self, source):
+        """The source → the latent canvas μ (a ``Canvas``), the skips kept for the decode."""
+        self.encoded = self.tiled.encode(source)
+        return self.encoded.latent
 
-    def latent_of(self, image):
-        """The latent of another host image (no skips kept), in the plan's compressor tiles."""
-        tiled = TiledCompressor(self.net, self.device, self.dtype, tile=self.plan.compressor_tile, keep_skips=False,
+    def latent_of(self, source):
+        """The latent canvas of another image (no skips kept), in the plan's compressor tiles."""
+        tiled = TiledCompressor(self.net, self.device, self.dtype, tile=self.plan.compressor_tile,
+                                keep_from=self.net.depth - 1, level_by_level=False,
+                                where={"deep_x": self.plan.folder("deep_x"), "latent": self.plan.folder("latent")},
                                 progress=lambda stage, done, total: self.report(f"prior {stage}", done, total))
-        return tiled.encode(image).latent
+        return tiled.latent_of(source)
 
-    def decode(self, state):
-        out = self.tiled.decode(state, self.canvas, self.image, release=True)
-        self.plan.compressor_tile = self.tiled.tile   # smaller if an out-of-memory error halved it
-        return out
+    def decode_bands(self, state, source):
+        latent = state if isinstance(state, Canvas) else Canvas.of(state)
+        for band in self.tiled.decode_bands(latent, self.encoded, source, release=True):
+            self.plan.compressor_tile = self.tiled.tile   # smaller if an out-of-memory error halved it
+            yield band
+        latent.close()

@@ -8,11 +8,18 @@ and, for TIFF, the layout (tiles or strips, compression, predictor, planar confi
 
 The modules, in reading order:
 
-- ``errors``: `ImageReadError`, `ImageWriteError`, both printed as one line naming the file.
+- ``errors``: `ImageReadError`, `ImageWriteError`, both printed as one line naming the file;
+  `ImageWarning` for what a reader or writer changed without failing; the limits on inputs.
 - ``samples``: `ImageData`; file samples <-> network RGB (`split_samples`, `to_float_rgb`).
 - ``tiff``, ``png``, ``jpeg`` (``pillow`` holds what PNG and JPEG share): one format each.
 - ``exif``: the TIFF-structure EXIF handling no library does (tifffile cannot write it).
-- ``atomic``: the one atomic write every file tilediff writes goes through.
+- ``atomic``: the one atomic write every file tilediff writes goes through, and `check_output`,
+  which every command asks before it writes.
+
+Inputs must be regular files (a FIFO, a device or a socket is refused without being opened, so a
+FIFO never blocks a run); a file is checked before it is decoded (`_open_checks`): PNG chunk by
+chunk (`png.check_png`), JPEG's headers and coded data (`jpeg.check_jpeg`), TIFF's page against
+its file (`tiff._page_checks`).
 
 EXIF is held as bytes in the JPEG APP1 form (``b'Exif\\0\\0'`` + a small TIFF structure). EXIF
 orientation is applied on read (PNG/JPEG) and then reset to 1. No module state: every function
@@ -22,16 +29,20 @@ takes what it needs as arguments.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import jpeg, png, tiff
-from .atomic import atomic_write, new_file_mode
-from .errors import ImageReadError, ImageWriteError, Unsupported, describe, one_line
+from .atomic import atomic_write, check_output, new_file_mode
+from .errors import (ImageReadError, ImageWarning, ImageWriteError, Unsupported, describe, file_kind,
+                     one_line)
 from .pillow import DecompressionBombError, pillow_size
 from .samples import ImageData, split_samples, to_float_rgb, to_samples
 from .tiff import TiffLayout, needs_bigtiff
+from .sources import ArraySource, RegionSource, TiffSource, open_source  # region sources (streamed input)
+from .sinks import ArraySink, FileSink, open_sink  # band sinks (streamed output)
 
 __all__ = [
     'SUPPORTED_EXTENSIONS',
@@ -39,6 +50,9 @@ __all__ = [
     'TiffLayout',
     'ImageReadError',
     'ImageWriteError',
+    'ImageWarning',
+    'check_output',
+    'check_compression',
     'read_image',
     'read_size',
     'read_tiff_region',
@@ -51,6 +65,8 @@ __all__ = [
     'format_for_path',
     'new_file_mode',
 ]
+
+__all__ += ['RegionSource', 'ArraySource', 'TiffSource', 'open_source', 'ArraySink', 'FileSink', 'open_sink']
 
 SUPPORTED_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
 """File name extensions tilediff reads and writes (compared lower-case)."""
@@ -112,27 +128,43 @@ def read_image(path: os.PathLike | str) -> ImageData:
     grey, grey+alpha, RGB, RGBA, palette (expanded to RGB/RGBA, 8-bit); 16-bit
     colour must not be interlaced. JPEG: grey or RGB.
 
+    Refused: a multi-page TIFF (reduced-resolution pages such as thumbnails aside) and an animated
+    PNG, which would lose pages or frames; data that fails its checks (CRCs, a JPEG's coded data, a
+    declared size that the compressed data cannot hold, see `_open_checks`). Warned about
+    (`ImageWarning`): float samples outside [0, 1], which are clipped, and NaN, set to 0.
+
     Raises ImageReadError (one line naming the file) for anything that cannot
     be read; no other exception escapes.
     """
     path = Path(path)
     size, head = _open_checks(path, 16)
     fmt = _sniff_format(head)
-    if fmt is None:
-        raise ImageReadError(path, 'not a valid image file (cannot identify image format)')
-    try:
+
+    def read():
         if fmt == 'tiff':
             return tiff.read_tiff(path, size)
         if fmt == 'png':
             return png.read_png(path, head)
         return jpeg.read_jpeg(path)
+    return _as_read_error(path, fmt, read)
+
+
+def _as_read_error(path: Path, fmt: str, read):
+    """``read()``, with whatever it raises as the one-line ImageReadError naming the file."""
+    try:
+        return read()
     except ImageReadError:
         raise
     except Unsupported as exc:
         raise ImageReadError(path, f'unsupported {fmt.upper()}: {exc}') from exc
     except DecompressionBombError as exc:
-        raise ImageReadError(path, f'larger than Pillow allows ({exc}); raise '
+        raise ImageReadError(path, f'larger than Pillow allows ({one_line(exc)}); raise '
                              'PIL.Image.MAX_IMAGE_PIXELS to read it') from exc
+    except ImportError as exc:
+        raise ImageReadError(path, f'cannot decode this {fmt.upper()}: a codec is not installed '
+                             f'({describe(exc)}); pip install imagecodecs') from exc
+    except MemoryError:
+        raise
     except Exception as exc:
         raise ImageReadError(path, f'corrupt or unreadable {fmt.upper()} ({describe(exc)})') from exc
 
@@ -145,7 +177,7 @@ def read_size(path: os.PathLike | str) -> tuple[int, int]:
     (one line naming the file), also for files that Pillow opens but tilediff does not read.
     """
     path = Path(path)
-    _, head = _open_checks(path, 4)
+    _, head = _open_checks(path, 4, deep=False)
     try:
         if head in _TIFF_MAGIC:
             return tiff.tiff_size(path)
@@ -167,9 +199,7 @@ def read_tiff_region(path: os.PathLike | str, y0: int, y1: int, x0: int, x1: int
     """
     path = Path(path)
     try:
-        filesize = path.stat().st_size
-        if filesize == 0:
-            raise ImageReadError(path, 'empty file (0 bytes)')
+        filesize = _regular_size(path)
         return tiff.read_region(path, filesize, y0, y1, x0, x1)
     except ImageReadError:
         raise
@@ -179,20 +209,44 @@ def read_tiff_region(path: os.PathLike | str, y0: int, y1: int, x0: int, x1: int
         raise ImageReadError(path, f'corrupt or unreadable TIFF ({describe(exc)})') from exc
 
 
-def _open_checks(path: Path, nbytes: int) -> tuple[int, bytes]:
-    """(file size, first `nbytes` bytes), or ImageReadError for a folder, an empty or missing file."""
+def _regular_size(path: Path) -> int:
+    """The size of a regular, non-empty file; ImageReadError for a folder, a FIFO, a device, a
+    socket (never opened: a FIFO would block), an empty or a missing file."""
     try:
-        if path.is_dir():
-            raise ImageReadError(path, 'is a directory, not an image file')
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageReadError(path, 'empty file (0 bytes)')
-        with open(path, 'rb') as fh:
-            return size, fh.read(nbytes)
-    except ImageReadError:
-        raise
+        st = os.stat(path)
     except (OSError, ValueError) as exc:
         raise ImageReadError(path, f'cannot open ({describe(exc)})') from exc
+    kind = file_kind(st.st_mode)
+    if kind == 'a folder':
+        raise ImageReadError(path, 'is a directory, not an image file')
+    if kind is not None:
+        raise ImageReadError(path, f'not a regular file ({kind[2:] if kind.startswith("a ") else kind})')
+    if st.st_size == 0:
+        raise ImageReadError(path, 'empty file (0 bytes)')
+    return st.st_size
+
+
+def _open_checks(path: Path, nbytes: int, deep: bool = True) -> tuple[int, bytes]:
+    """(file size, first `nbytes` bytes), or ImageReadError for a folder, a special file, an empty or
+    missing file, an unknown format and, with `deep`, a PNG or JPEG that fails its checks before
+    decoding (`png.check_png`, `jpeg.check_jpeg`: CRCs, animation, metadata sizes, declared sizes
+    against the data, the coded data of a JPEG). Every reader (`read_image`, `sources.open_source`)
+    starts here; `read_size` with ``deep=False`` (headers only)."""
+    size = _regular_size(path)
+    try:
+        with open(path, 'rb') as fh:
+            head = fh.read(max(nbytes, 16))
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(path, f'cannot open ({describe(exc)})') from exc
+    if deep:
+        fmt = _sniff_format(head)
+        if fmt is None:
+            raise ImageReadError(path, 'not a valid image file (cannot identify image format)')
+        if fmt == 'png':
+            _as_read_error(path, fmt, lambda: png.check_png(path, size))
+        elif fmt == 'jpeg':
+            _as_read_error(path, fmt, lambda: jpeg.check_jpeg(path, size))
+    return size, head[:nbytes]
 
 
 # --------------------------------------------------------------------------
@@ -260,11 +314,47 @@ def _output_format(path: Path, format: str | None, like: ImageData | None) -> st
             raise ValueError(f'unknown format {format!r} (use tiff, png or jpeg)')
         return fmt
     fmt = format_for_path(path)
-    if fmt is None:
-        if like is None:
-            raise ValueError(f'unknown extension {path.suffix!r}; name the format')
-        fmt = like.format
+    if fmt is None:   # never write one format's bytes under another's name (x.bmp, x)
+        raise ValueError(f'unsupported output extension {path.suffix or "(none)"}: name the output '
+                         f'{" ".join(SUPPORTED_EXTENSIONS)} (or give format=)')
     return fmt
+
+
+def check_compression(compression: str | int | None) -> None:
+    """Raise ValueError (one line) unless outputs can be written with `compression` here: a PNG
+    zlib level 0-9, or a TIFF codec name that tifffile can encode in this installation (checked by
+    writing a small TIFF with it). For the command line, before any work."""
+    if compression is None:
+        return
+    if isinstance(compression, int) or str(compression).strip().isdigit():
+        if not 0 <= int(compression) <= 9:
+            raise ValueError(f'a PNG zlib level is 0-9, not {compression}')
+        return
+    import io as _io
+
+    import tifffile
+    name = str(compression).strip()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        code, _ = tiff.tiff_compression(None, name, np.dtype(np.uint8))   # ValueError: unknown name
+    if any(issubclass(w.category, UserWarning) for w in caught):
+        try:
+            tifffile.TIFF.COMPRESSORS[int(tifffile.COMPRESSION[name.upper()])]
+            why = 'no encoder here'
+        except KeyError as exc:
+            why = ('tifffile needs the imagecodecs package for it: pip install imagecodecs'
+                   if 'imagecodecs' in str(exc) else 'tifffile can read it but not write it')
+        except Exception:
+            why = 'no encoder here'
+        raise ValueError(f'TIFF compression {name} cannot be written ({why}); zlib and none always can')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', UserWarning)
+            tifffile.imwrite(_io.BytesIO(), np.zeros((8, 8, 3), np.uint8), photometric='rgb',
+                             compression=code, metadata=None)
+    except Exception as exc:
+        hint = '; pip install imagecodecs' if isinstance(exc, ImportError) or 'imagecodecs' in str(exc) else ''
+        raise ValueError(f'TIFF compression {name} cannot be written here ({describe(exc)}){hint}') from None
 
 
 def _output_samples(rgb: np.ndarray, like: ImageData | None, fmt: str) -> np.ndarray:

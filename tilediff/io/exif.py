@@ -58,7 +58,11 @@ def read_tiff_exif(fh, page_offset: int, byteorder: str, bigtiff: bool) -> bytes
     """EXIF block built from a TIFF page's Exif/GPS IFDs and IFD0 text tags."""
     try:
         text, subs = _parse_ifd0_metadata(fh, page_offset, byteorder, bigtiff)
-    except (ValueError, struct.error):
+    except (ValueError, struct.error) as exc:
+        import warnings
+
+        from .errors import ImageWarning
+        warnings.warn(ImageWarning(f'its EXIF could not be read and was left out ({exc})'), stacklevel=2)
         return None
     return _build_exif(text, subs, byteorder)
 

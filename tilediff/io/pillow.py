@@ -15,10 +15,27 @@ from .errors import Unsupported
 from .exif import EXIF_HEADER
 from .samples import ImageData, upright
 
-__all__ = ['read_with_pillow', 'save_with_pillow', 'pillow_size', 'DecompressionBombError']
+__all__ = ['read_with_pillow', 'save_with_pillow', 'pillow_size', 'bomb_check', 'DecompressionBombError']
 
 DecompressionBombError = PILImage.DecompressionBombError
 _TAG_ORIENTATION = 274
+
+
+def bomb_check(width: int, height: int) -> None:
+    """Pillow's decompression-bomb rule for an image of this size, also where Pillow does not decode
+    it (16-bit colour PNG, the JPEG check): above ``PIL.Image.MAX_IMAGE_PIXELS`` a
+    DecompressionBombWarning, above twice that a DecompressionBombError."""
+    limit = PILImage.MAX_IMAGE_PIXELS
+    if limit is None:
+        return
+    pixels = max(1, width) * max(1, height)
+    if pixels > 2 * limit:
+        raise DecompressionBombError(f'Image size ({pixels} pixels) exceeds limit of {2 * limit} pixels, '
+                                     'could be decompression bomb DOS attack.')
+    if pixels > limit:
+        import warnings
+        warnings.warn(f'Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be '
+                      'decompression bomb DOS attack.', PILImage.DecompressionBombWarning, stacklevel=2)
 
 
 def read_with_pillow(path: Path, fmt: str) -> ImageData:

@@ -9,19 +9,21 @@ passed through bit for bit (rescaled only where the output's sample type differs
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import Unsupported
+from .errors import MAX_EXIF_BYTES, MAX_ICC_BYTES, ImageWarning, Unsupported
 from .exif import orientation_reset
 
 if TYPE_CHECKING:
     from .tiff import TiffLayout
 
 __all__ = ['ImageData', 'SAMPLE_TYPES', 'split_samples', 'to_float_rgb', 'to_samples', 'quantize',
-           'convert_depth', 'apply_orientation', 'upright']
+           'convert_depth', 'apply_orientation', 'upright', 'float_range_note', 'FloatRange', 'check_metadata']
 
 SAMPLE_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 """Sample types read and written; others are refused rather than guessed at."""
@@ -63,10 +65,72 @@ class ImageData:
     def from_samples(cls, samples: np.ndarray, *, format: str, icc: bytes | None = None,
                      exif: bytes | None = None, tiff: TiffLayout | None = None,
                      path: Path | None = None) -> ImageData:
-        """An ImageData from a file's (H, W, S) samples (see `split_samples`)."""
+        """An ImageData from a file's (H, W, S) samples (see `split_samples`).
+
+        Float samples outside [0, 1] (clipped) or NaN (set to 0) give one `ImageWarning` naming
+        `path` (`float_range_note`); an ICC profile or EXIF block over the limits is Unsupported."""
+        check_metadata(icc, exif)
+        note = float_range_note(samples)
+        if note is not None:
+            where = f'{os.fspath(path)}: ' if path is not None else ''
+            warnings.warn(ImageWarning(where + note), stacklevel=2)
         rgb, alpha, mode = split_samples(samples)
         return cls(rgb=rgb, alpha=alpha, mode=mode, dtype=samples.dtype, format=format, icc=icc,
                    exif=exif, tiff=tiff, path=path)
+
+
+def check_metadata(icc: bytes | None, exif: bytes | None) -> None:
+    """Unsupported when an ICC profile or an EXIF block is larger than the limits
+    (`errors.MAX_ICC_BYTES`, `errors.MAX_EXIF_BYTES`): a file that carries one is refused rather
+    than copied into its output."""
+    if icc is not None and len(icc) > MAX_ICC_BYTES:
+        raise Unsupported(f'ICC profile of {len(icc)} bytes (the limit is {MAX_ICC_BYTES >> 20} MiB)')
+    if exif is not None and len(exif) > MAX_EXIF_BYTES:
+        raise Unsupported(f'EXIF block of {len(exif)} bytes (the limit is {MAX_EXIF_BYTES >> 20} MiB)')
+
+
+def float_range_note(samples: np.ndarray) -> str | None:
+    """For float samples whose colour values are outside [0, 1] or NaN: what `split_samples` does
+    to them, in words (the range found, clipped to [0, 1]; NaN set to 0); else None."""
+    seen = FloatRange()
+    seen.update(samples)
+    return seen.note()
+
+
+class FloatRange:
+    """The range of a file's float colour samples, gathered window by window (a region source
+    reads an image in pieces): ``update(samples)`` for each window, ``note()`` the one text for the
+    whole file (``float_range_note``'s), ``warn(path)`` issues it once as an `ImageWarning`."""
+
+    def __init__(self):
+        self.lo, self.hi, self.nans, self.size = np.inf, -np.inf, 0, 0
+
+    def update(self, samples: np.ndarray) -> None:
+        if samples.dtype != np.float32:
+            return
+        colour = samples if samples.ndim == 2 else samples[..., :3] if samples.shape[-1] >= 3 else samples[..., :1]
+        nans = int(np.count_nonzero(np.isnan(colour)))
+        self.nans += nans
+        self.size += colour.size
+        if nans < colour.size:
+            self.lo = min(self.lo, float(np.nanmin(colour)))
+            self.hi = max(self.hi, float(np.nanmax(colour)))
+
+    def note(self) -> str | None:
+        if self.size and self.nans == self.size:
+            return 'float samples are all NaN; set to 0'
+        parts = []
+        if self.size and (self.lo < 0.0 or self.hi > 1.0):
+            parts.append(f'float samples range from {self.lo:.6g} to {self.hi:.6g}; clipped to [0, 1]')
+        if self.nans:
+            parts.append(f'{self.nans} NaN samples set to 0')
+        return '; '.join(parts) or None
+
+    def warn(self, path) -> None:
+        note = self.note()
+        if note is not None:
+            where = f'{os.fspath(path)}: ' if path is not None else ''
+            warnings.warn(ImageWarning(where + note), stacklevel=2)
 
 
 def split_samples(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:

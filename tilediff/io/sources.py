@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageReadError, Unsupported, describe
+from .errors import ImageReadError, Unsupported
 from .samples import SAMPLE_TYPES, upright
 
 __all__ = ['RegionSource', 'ArraySource', 'TiffSource', 'open_source']
@@ -148,7 +148,8 @@ class TiffSource(RegionSource):
         self._tif.cache_bytes = int(nbytes)
 
     def read(self, y0, y1, x0, x1):
-        return _reading(self.path, 'TIFF', lambda: self._tif.read(y0, y1, x0, x1))
+        from . import _as_read_error   # io/__init__ imports this module
+        return _as_read_error(self.path, 'tiff', lambda: self._tif.read(y0, y1, x0, x1))
 
     def close(self):
         self._tif.close()
@@ -162,15 +163,15 @@ def open_source(path: os.PathLike | str) -> RegionSource:
     (`ArraySource`), turned upright by their EXIF orientation as `read_image` does. The same files
     are accepted and refused as by `read_image`, with the same one-line ImageReadError.
     """
-    from . import _open_checks, _sniff_format   # io/__init__ imports this module
+    from . import _as_read_error, _open_checks, _sniff_format   # io/__init__ imports this module
     path = Path(path)
     size, head = _open_checks(path, 16)
     fmt = _sniff_format(head)
     if fmt is None:
         raise ImageReadError(path, 'not a valid image file (cannot identify image format)')
     if fmt == 'tiff':
-        return _reading(path, 'TIFF', lambda: TiffSource(path, size))
-    return _reading(path, fmt.upper(), lambda: _decoded(path, fmt, head))
+        return _as_read_error(path, fmt, lambda: TiffSource(path, size))
+    return _as_read_error(path, fmt, lambda: _decoded(path, fmt, head))
 
 
 def _decoded(path: Path, fmt: str, head: bytes) -> ArraySource:
@@ -224,21 +225,3 @@ def _png16_samples(path: Path):
     if samples.shape[:2] != (height, width) or samples.dtype != np.uint16:
         raise ValueError('image data does not match its header')
     return samples, icc, exif
-
-
-def _reading(path: Path, kind: str, read):
-    """``read()``, its failures as the one-line ImageReadError `read_image` raises."""
-    from .pillow import DecompressionBombError
-    try:
-        return read()
-    except ImageReadError:
-        raise
-    except Unsupported as exc:
-        raise ImageReadError(path, f'unsupported {kind}: {exc}') from exc
-    except DecompressionBombError as exc:
-        raise ImageReadError(path, f'larger than Pillow allows ({exc}); raise '
-                             'PIL.Image.MAX_IMAGE_PIXELS to read it') from exc
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(path, f'corrupt or unreadable {kind} ({describe(exc)})') from exc

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .errors import ImageReadError, Unsupported
+from .errors import MAX_EXPANSION, MAX_ICC_BYTES, ImageReadError, Unsupported
 from .exif import add_exif_to_tiff, read_tiff_exif
 from .samples import SAMPLE_TYPES, ImageData
 
@@ -209,13 +209,17 @@ def _page_checks(page, filesize: int) -> None:
         raise Unsupported(f'photometric {page.photometric.name} (need MINISBLACK or RGB)')
     if samples not in (colour, colour + 1):
         raise Unsupported(f'{samples} samples per pixel with {page.photometric.name}')
-    try:
-        tifffile.TIFF.DECOMPRESSORS[int(page.compression)]
-    except KeyError:
-        raise Unsupported(f'compression {page.compression.name} needs the imagecodecs package') from None
+    _pages_check(page)
+    icc_tag = page.tags.get(_TAG_ICC)
+    if icc_tag is not None and icc_tag.count > MAX_ICC_BYTES:
+        raise Unsupported(f'ICC profile of {icc_tag.count} bytes (the limit is {MAX_ICC_BYTES >> 20} MiB)')
+    _decoder_check(page)
     offsets, counts = page.dataoffsets, page.databytecounts
     if not offsets or len(offsets) != len(counts):
         raise ValueError('no image data')
+    if len(offsets) < _segment_count(page):
+        raise ValueError(f'the file lists {len(offsets)} data segments, a '
+                         f'{page.imagewidth}x{page.imagelength} image in its layout needs {_segment_count(page)}')
     for k, (offset, count) in enumerate(zip(offsets, counts)):
         if count == 0 or offset == 0:
             raise ValueError(f'file is truncated or incomplete (segment {k} has no data)')
@@ -226,6 +230,59 @@ def _page_checks(page, filesize: int) -> None:
         for k, (count, need) in enumerate(zip(counts, _segment_sizes(page))):
             if count < need:
                 raise ValueError(f'file is truncated (segment {k} holds {count} of {need} bytes)')
+    codec = _BOUNDED_CODECS.get(int(page.compression))
+    if codec is not None:   # a declared size its data cannot hold: refused before allocating it
+        ratio = MAX_EXPANSION[codec]
+        for k, (count, need) in enumerate(zip(counts, _segment_sizes(page))):
+            if need > ratio * count + 1024:
+                raise ValueError(f'segment {k} would decode to {need} bytes from {count} bytes of '
+                                 f'{codec} data ({codec} expands at most {ratio}x)')
+
+
+# codes of the codecs whose expansion is bounded (errors.MAX_EXPANSION): deflate (8, 32946), LZW, PackBits
+_BOUNDED_CODECS = {8: 'zlib', 32946: 'zlib', 5: 'lzw', 32773: 'packbits'}
+
+
+def _pages_check(page) -> None:
+    """Unsupported for a multi-page TIFF: only the first page would be restored. Pages marked as
+    reduced-resolution versions of another (thumbnails, pyramid levels) or as masks do not count."""
+    tif = page.parent
+    count = len(tif.pages)
+    if count < 2:
+        return
+    full = 1 + sum(1 for other in tif.pages[1:] if not int(getattr(other, 'subfiletype', 0) or 0) & 0b101)
+    if full > 1:
+        raise Unsupported(f'multi-page TIFF ({full} pages): tilediff restores single images; '
+                          'save each page as its own file (e.g. tiffsplit) and restore those')
+
+
+def _decoder_check(page) -> None:
+    """Unsupported, naming the codec and how to get it, when the page's decoder is not installed
+    (tifffile's fallback decoders raise ImportError only when called, so one is called on nothing)."""
+    name = page.compression.name
+    try:
+        decode = tifffile.TIFF.DECOMPRESSORS[int(page.compression)]
+    except KeyError:
+        raise Unsupported(f'compression {name} needs the imagecodecs package (pip install imagecodecs)') from None
+    if int(page.compression) == 1:
+        return
+    try:
+        decode(b'')
+    except ImportError as exc:
+        raise Unsupported(f'compression {name} needs a codec that is not installed here ({exc}); '
+                          'pip install imagecodecs') from None
+    except Exception:   # nothing to decode: any other complaint is expected
+        pass
+
+
+def _segment_count(page) -> int:
+    """How many strips or tiles the page's size and layout need (sample planes included)."""
+    height, width = page.imagelength, page.imagewidth
+    planes = page.samplesperpixel if int(page.planarconfig) == 2 else 1
+    if page.is_tiled:
+        return math.ceil(height / page.tilelength) * math.ceil(width / page.tilewidth) * planes
+    rps = min(page.rowsperstrip or height, height)
+    return math.ceil(height / rps) * planes
 
 
 def _segment_sizes(page) -> list[int]:
@@ -322,10 +379,12 @@ def write_tiff_bands(fh, shape: tuple[int, int, int], dtype, bands, *, layout: T
             data = itertools.chain.from_iterable(
                 _segments(_blocks(scratch.plane(p, rows), rows, height), tile, code, predictor)
                 for p in range(nchan))
-            _write_iterator(fh, data, (nchan, height, width), dtype, options, exif, bigtiff)
+            _write_iterator(fh, data, (nchan, height, width), dtype, options, exif, bigtiff,
+                            rows * width * dtype.itemsize)
         return
     data = _segments(_blocks(bands, rows, height), tile, code, predictor)
-    _write_iterator(fh, data, (height, width) if nchan == 1 else shape, dtype, options, exif, bigtiff)
+    _write_iterator(fh, data, (height, width) if nchan == 1 else shape, dtype, options, exif, bigtiff,
+                    rows * width * nchan * dtype.itemsize)
 
 
 def _segments(blocks, tile, code, predictor):
@@ -386,9 +445,11 @@ def _page_options(shape, dtype, *, layout, icc, exif, compression, bigtiff):
     return options, separate, bool(bigtiff)
 
 
-def _write_iterator(fh, data, shape, dtype, options, exif, bigtiff):
+def _write_iterator(fh, data, shape, dtype, options, exif, bigtiff, block_bytes):
+    # tifffile encodes tiles in a thread pool, taking `buffersize` bytes of them from the iterator
+    # at a time (512 MB by default): about one row of tiles keeps the writer streaming
     with tifffile.TiffWriter(fh, bigtiff=bigtiff, byteorder='<') as tw:
-        tw.write(data, shape=shape, dtype=dtype, **options)
+        tw.write(data, shape=shape, dtype=dtype, buffersize=max(1 << 20, block_bytes), **options)
     if exif:
         add_exif_to_tiff(fh, exif, bigtiff)
 

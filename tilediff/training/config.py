@@ -46,6 +46,9 @@ class TrainConfig:
     permute_channels: bool = True
     haze_refresh: int = 2         # hazed windows replaced in the pool per step
     augment: bool = False         # rescale and tone-jitter clean images (augment_clean)
+    scale_range: tuple | None = None  # (lo, hi): windows cut at a random scale in [lo, hi] (HazeSource)
+    haze_v2: bool = False         # haze with haze.add_haze_v2 (tinted, non-uniform airlight; image-cue depth)
+    clear_fraction: float = 0.0   # fraction of haze-free windows (LQ = GT)
     compressor_config: dict = field(default_factory=lambda: dict(DEFAULT_COMPRESSOR))
     noise_config: dict = field(default_factory=lambda: dict(DEFAULT_NOISE))
     sde: dict | None = None       # None = the task's SDE settings

@@ -132,6 +132,7 @@ def dark_channel_prior(
     top_fraction: float = 0.001,
     return_info: bool = False,
     band_rows: int = BAND_ROWS,
+    airlight: Optional[np.ndarray] = None,
 ):
     """Dehaze ``hazy`` (``H x W x 3`` in [0, 1]) with the dark channel prior.
 
@@ -146,6 +147,8 @@ def dark_channel_prior(
         return_info: also return a dict with ``airlight``, ``transmission`` (refined, unclipped),
             ``transmission_raw`` and ``dark``.
         band_rows: rows per band (the result does not depend on it).
+        airlight: the airlight colour to use instead of estimating it from ``hazy`` (a window of a
+            larger image uses the whole image's, so that it gets the whole image's result).
 
     Returns:
         the dehazed float32 ``H x W x 3`` image in [0, 1] (and the info dict if requested).
@@ -157,8 +160,9 @@ def dark_channel_prior(
     if radius is None:
         radius = default_radius(h, w)
 
-    airlight = airlight_of(img, patch, top_fraction, band_rows)
-    a32 = airlight.astype(np.float32)
+    if airlight is None:
+        airlight = airlight_of(img, patch, top_fraction, band_rows)
+    a32 = np.asarray(airlight).astype(np.float32).reshape(3)
     safe_a = np.maximum(a32, 1e-6)
     gray_weights = _GRAY.astype(np.float32)
 
