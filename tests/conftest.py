@@ -2,6 +2,9 @@
 import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,36 @@ def dehaze_model(golden_dir, tmp_path_factory):
     from tilediff.weights import convert
     return convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
                    output=tmp_path_factory.mktemp("models") / "small_dehaze.safetensors")
+
+
+def signal_during_sampling(args, sig, err_path, env=None, cwd=None):
+    """Run ``python -m tilediff.cli ARGS`` and send it ``sig`` once its progress reaches the sampler;
+    returns (exit status, what it wrote on stderr)."""
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tilediff.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                                stderr=err, cwd=cwd, env=env)
+        try:
+            deadline = time.monotonic() + 90
+            while "sample" not in err_path.read_text(errors="replace"):
+                assert proc.poll() is None, err_path.read_text(errors="replace")
+                assert time.monotonic() < deadline, "the run never reached the sampler"
+                time.sleep(0.1)
+            time.sleep(0.3)
+            proc.send_signal(sig)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return code, err_path.read_text(errors="replace")
+
+
+def image_folder(tmp_path_factory, name, make, sizes, prefix="img"):
+    """A folder of PNGs ``PREFIXi.png`` made by ``make(rng, h, w)`` for each (h, w) of ``sizes`` (seed 0)."""
+    import numpy as np
+    from tilediff.io import write_image
+    folder = tmp_path_factory.mktemp(name)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        write_image(folder / f"{prefix}{i}.png", make(rng, h, w))
+    return folder

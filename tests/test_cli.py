@@ -8,9 +8,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import torch_threads
+from conftest import signal_during_sampling, torch_threads
 import tilediff
 import tilediff.io as tio
 from tilediff.batch import find_jobs, pair_stereo, stereo_side, write_options
@@ -442,26 +439,10 @@ def test_stereo_pair_from_two_files_and_from_a_folder(stereo_model, tmp_path):
 def test_sigint_leaves_no_partial_output(dehaze_model, tmp_path):
     write_png(tmp_path / "a.png", 32, 32)
     out = tmp_path / "out"
-    err_path = tmp_path / "stderr.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tilediff.cli", "restore", str(tmp_path / "a.png"), "--task",
-                                 "dehaze", "--weights", str(dehaze_model), "--samples", "1000", "--out-dir", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-        try:
-            deadline = time.monotonic() + 90
-            while "sample" not in err_path.read_text(errors="replace"):
-                assert proc.poll() is None, err_path.read_text(errors="replace")
-                assert time.monotonic() < deadline, "the run never reached the sampler"
-                time.sleep(0.1)
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    text = err_path.read_text(errors="replace")
+    code, text = signal_during_sampling(["restore", tmp_path / "a.png", "--task", "dehaze", "--weights", dehaze_model,
+                                         "--samples", "1000", "--out-dir", out], signal.SIGINT,
+                                        tmp_path / "stderr.txt", env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                        cwd=tmp_path)
     assert code == 130, text
     assert text.rstrip().endswith("tilediff: interrupted")
     assert "Traceback" not in text

@@ -5,9 +5,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import torch_threads
+from conftest import image_folder, torch_threads
 from tilediff import training as T
-from tilediff.io import write_image
 from tilediff.tasks.dehaze import haze
 from tilediff.training import data as D
 from tilediff.weights import read_metadata
@@ -230,11 +229,7 @@ def test_v1_functions_are_unchanged_by_v2(clean):
 # ----------------------------------------------------------------------------- training data
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(160, 240), (200, 150), (96, 128)]):
-        write_image(d / f"p{i}.png", _photo(rng, h, w))
-    return d
+    return image_folder(tmp_path_factory, "photos", _photo, [(160, 240), (200, 150), (96, 128)], "p")
 
 
 def test_haze_source_defaults_keep_the_description_and_stream(folder):

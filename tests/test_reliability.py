@@ -26,6 +26,7 @@ import tifffile
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import signal_during_sampling
 import tilediff.io as tio
 from tilediff.cli import main
 from tilediff.io import ImageReadError, read_image
@@ -197,25 +198,9 @@ def test_sigterm_during_a_folder_batch_cleans_up_says_interrupted_and_exits_143(
     folder.mkdir()
     write_png(folder / "a.png", 32, 32)
     out = tmp_path / "in_dehaze"
-    err_path = tmp_path / "stderr.txt"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tilediff.cli", "restore", str(folder), "--task", "dehaze",
-                                 "--weights", str(dehaze_model), "--samples", "1000", "--device", "cpu"],
-                                stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path, env=child_env())
-        try:
-            deadline = time.monotonic() + 90
-            while "sample" not in err_path.read_text(errors="replace"):
-                assert proc.poll() is None, err_path.read_text(errors="replace")
-                assert time.monotonic() < deadline, "the run never reached the sampler"
-                time.sleep(0.1)
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    text = err_path.read_text(errors="replace")
+    code, text = signal_during_sampling(["restore", folder, "--task", "dehaze", "--weights", dehaze_model,
+                                         "--samples", "1000", "--device", "cpu"], signal.SIGTERM,
+                                        tmp_path / "stderr.txt", env=child_env(), cwd=tmp_path)
     assert code == 143, text
     assert text.rstrip().endswith("tilediff: interrupted (SIGTERM)") and "Traceback" not in text
     assert sorted(p.name for p in out.iterdir()) == ["tilediff_summary.json"]        # no image, no temporary

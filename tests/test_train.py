@@ -6,10 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import torch_threads
+from conftest import image_folder, torch_threads
 from tilediff import sde
 from tilediff import training as T
-from tilediff.io import write_image
 from tilediff.restorer import Restorer
 from tilediff.tasks.dehaze import haze
 from tilediff.weights import load_model, read_metadata
@@ -35,11 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clean")
-    rng = np.random.default_rng(0)
-    for i, (h, w) in enumerate([(64, 80), (72, 64), (48, 56)]):
-        write_image(d / f"img{i}.png", _smooth_image(rng, h, w))
-    return d
+    return image_folder(tmp_path_factory, "clean", _smooth_image, [(64, 80), (72, 64), (48, 56)], "img")
 
 
 def _config(folder, state_dir, iters=3):

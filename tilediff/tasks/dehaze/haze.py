@@ -283,15 +283,13 @@ def add_haze(
     t3 = t[..., None]
     hazy = clean * t3 + airlight[None, None, :] * (1.0 - t3)
     hazy = np.clip(hazy, 0.0, 1.0).astype(np.float32)
-    info = {
-        "beta": beta,
-        "airlight": airlight,
-        "depth": depth,
-        "transmission": t,
-        "mean_transmission": float(t.mean()),
-        "density": density,
-    }
-    return hazy, info
+    return hazy, _scatter_info(beta, airlight, depth, t, density)
+
+
+def _scatter_info(beta, airlight, depth, t, density):
+    """What a hazing drew: the scattering coefficient, airlight, depth, transmission and density."""
+    return {"beta": beta, "airlight": airlight, "depth": depth, "transmission": t,
+            "mean_transmission": float(t.mean()), "density": density}
 
 
 # ---- haze v2 ------------------------------------------------------------------------------------
@@ -613,16 +611,6 @@ def add_haze_v2(
     else:
         t3 = t[..., None]
         hazy = np.clip(clean * t3 + field * (1.0 - t3), 0.0, 1.0).astype(np.float32)
-    info = {
-        "beta": beta,
-        "clear": beta == 0.0,
-        "airlight": field.reshape(-1, 3).mean(axis=0).astype(np.float32),
-        "airlight_field": field,
-        "airlight_info": airlight_info,
-        "depth": depth,
-        "depth_info": depth_info,
-        "transmission": t,
-        "mean_transmission": float(t.mean()),
-        "density": density,
-    }
+    info = dict(_scatter_info(beta, field.reshape(-1, 3).mean(axis=0).astype(np.float32), depth, t, density),
+                clear=beta == 0.0, airlight_field=field, airlight_info=airlight_info, depth_info=depth_info)
     return hazy, info
