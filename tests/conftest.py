@@ -89,7 +89,7 @@ def signal_during_sampling(args, sig, err_path, env=None, cwd=None):
                 time.sleep(0.1)
             time.sleep(0.3)
             proc.send_signal(sig)
-            code = proc.wait(timeout=60)
+            code = proc.wait(timeout=180)   # a loaded machine can take its time to unwind
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -168,25 +168,32 @@ def test_help_lists_exit_status_2_and_the_budget_units():
 
 def test_ctrl_c_while_torch_imports_ends_with_one_line_and_130(tmp_path):
     """-X importtime prints each import as it finishes: the interrupt is sent once the command line's
-    own module has started (host_memory imported) and before the commands (torch) are in."""
+    own module has started (host_memory imported) and before the commands (torch) are in. On a busy
+    machine the child may get past torch before the signal lands; such a try proves nothing and is
+    repeated (three tries)."""
     src = write_png(tmp_path / "a.png")
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "tilediff.cli", "restore", str(src),
-                             "--task", "dehaze"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env=child_env(), cwd=tmp_path)
-    seen, sent = [], False
-    try:
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace")
-            seen.append(line)
-            if not sent and "tilediff.engine.host_memory" in line:
-                proc.send_signal(signal.SIGINT)
-                sent = True
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "tilediff.cli", "restore", str(src),
+                                 "--task", "dehaze"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                env=child_env(), cwd=tmp_path)
+        seen, sent = [], False
+        try:
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace")
+                seen.append(line)
+                if not sent and "tilediff.engine.host_memory" in line:
+                    proc.send_signal(signal.SIGINT)
+                    sent = True
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert sent
+        if not any(re.search(r"\|\s+torch$", line.rstrip()) for line in seen):   # torch never finished
+            break
+    else:
+        pytest.skip("the child imported torch before the interrupt landed, three times (machine too busy)")
     own = [line for line in seen if not line.startswith("import time:")]
-    assert sent and not any(re.search(r"\|\s+torch$", line.rstrip()) for line in seen)   # torch never finished
     assert code == 130, "".join(own)
     assert [line.strip() for line in own if line.strip()] == ["tilediff: interrupted"], "".join(own)
 
