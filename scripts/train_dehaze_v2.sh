@@ -25,7 +25,7 @@
 #   compressor  ch 8, ch_mult 2,4,4,8, latent 1/8 x 8; AdamW 1e-3, latent weight 0.1, skip dropout 0.3
 #   noise       width 24, enc 1,1,1,2, max_sigma 30; Lion 2e-4, the MLE loss
 #   finetune    B: MLE + 0.05 x0 error, Lion 1e-4; E: x0 error alone, Lion 5e-5 (seed 2)
-#   eval        the file's restoration defaults (DCP start at t = 0.5 T, 4 ODE runs in four orientations,
+#   eval        the file's restoration defaults (DCP start at t = 0.5 T, 4 posterior runs of 10 steps in four orientations,
 #               recomposition), then scripts/eval_real_photos.py on the eval split (haze v1 and v2)
 #
 # Profile gpu: compressor 1000 iters x batch 16 x 128 px; noise 2000 + B 1200 + E 800 iters x batch 16
@@ -120,7 +120,7 @@ fi
 # model's baseline was measured with.
 if has eval; then
   python -c 'import sys; from tilediff.weights import update_metadata
-update_metadata(sys.argv[1], default_sampler="ode", default_samples=4, default_ensemble=True,
+update_metadata(sys.argv[1], default_sampler="posterior", default_steps=10, default_samples=4, default_ensemble=True,
                 default_prior="dcp", default_prior_t=0.5, default_recompose=True)' "$OUT"
   python scripts/eval_real_photos.py --weights "$OUT" --photos "$PHOTOS/eval" --haze v1 \
     --device "$EVAL_DEVICE" --json "$STATE/eval_real_v1.json" ${EVAL_ARGS:-} | tee "$STATE/eval_real_v1.md"

@@ -349,8 +349,6 @@ def test_float_samples_outside_0_1_are_one_warning_naming_the_file(tmp_path):
     assert seen.note() == notes[0].split(": ", 1)[1]
 
 
-@pytest.mark.xfail(strict=False, reason="the streamed path (io.sources, another engineer's module) does not yet "
-                                        "report samples.FloatRange for file sources")
 def test_float_tiff_outside_0_1_says_what_was_clipped_once_even_with_quiet(dehaze_model, tmp_path, identity_restore):
     values = np.linspace(-0.5, 2.5, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
     tifffile.imwrite(tmp_path / "hdr.tif", values, photometric="rgb", tile=(16, 16), metadata=None)

@@ -170,8 +170,21 @@ def open_source(path: os.PathLike | str) -> RegionSource:
     if fmt is None:
         raise ImageReadError(path, 'not a valid image file (cannot identify image format)')
     if fmt == 'tiff':
-        return _as_read_error(path, fmt, lambda: TiffSource(path, size))
+        source = _as_read_error(path, fmt, lambda: TiffSource(path, size))
+        if source.dtype == np.float32:
+            _warn_float_range(source)
+        return source
     return _as_read_error(path, fmt, lambda: _decoded(path, fmt, head))
+
+
+def _warn_float_range(source: TiffSource, band_rows: int = 256) -> None:
+    """Say once what a float TIFF's conversion will clip, as `read_image` does: its range gathered
+    over one pass of bands (the engine's regions overlap, so they cannot count NaN samples)."""
+    from .samples import FloatRange
+    seen = FloatRange()
+    for y0 in range(0, source.height, band_rows):
+        seen.update(source.read(y0, min(source.height, y0 + band_rows), 0, source.width))
+    seen.warn(source.path)
 
 
 def _decoded(path: Path, fmt: str, head: bytes) -> ArraySource:
