@@ -2,7 +2,8 @@
 
     python -m benchmarks --quick                    # CPU smoke: small model, 2 steps, 4 sizes (< 10 min)
     python -m benchmarks --model official --sizes 2000x3000 --steps 2 --repeat 3 --check
-    python -m benchmarks --scaling --model official --steps 2
+    python -m benchmarks --scaling --model official --steps 2 --sizes 512x512,1024x1024,2000x3000,4000x6000
+    python -m benchmarks --scaling --model tiny --steps 1 --modes whole,auto@2G   # up to 268 MP (+ 32768x32768)
     python -m benchmarks --device cuda --model official --sizes 512x512,1024x1024,2000x3000,4000x6000
 
 Modes: 'whole' is the reference algorithm (compressor.encode, the noise network and decode each on
@@ -29,7 +30,8 @@ from .runner import GB
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = "512x512,1024x1024,2000x3000,4000x6000"
 QUICK_SIZES = "512x512,768x768,1024x1024,1536x1024"
-SCALING_SIZES = "512x512,1024x1024,2048x1536,3000x2000,4000x3000,6000x4000,8000x6000"
+# 96 MP and 268 MP: minutes a run with the tiny model, hours with the official one (use --model tiny there)
+SCALING_SIZES = "512x512,1024x1024,2048x1536,3000x2000,4000x3000,6000x4000,8000x6000,12000x8000,16384x16384"
 QUICK_SCALING_SIZES = "512x512,768x768,1024x1024,1536x1024,2048x1536"
 SCALING_BUDGET = "1.5G"
 BASE_MODES = ("whole", "auto", "tiled")

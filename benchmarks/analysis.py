@@ -8,6 +8,7 @@ import statistics
 
 from .runner import MB, fit_line
 
+GIB = 1 << 30
 REFERENCE = "whole"
 TIME_FIELDS = ("read", "encode", "sample", "decode", "write", "engine", "total")
 
@@ -176,7 +177,9 @@ def scaling(results, canvas_floor_bytes_per_pixel):
             fit[name] = {"intercept": a, "slope_per_mp": b, "r2": r2, "values": [v / scale for v in values]}
         fit["plans"] = [{"size": r["size"], "skips": (r.get("plan_fields") or {}).get("skips"),
                          "noise_mode": (r.get("plan_fields") or {}).get("noise_mode"),
-                         "compressor_tile": (r.get("plan_fields") or {}).get("compressor_tile")} for r in ok]
+                         "compressor_tile": (r.get("plan_fields") or {}).get("compressor_tile"),
+                         "expected_peak_gb": ((r.get("plan_fields") or {}).get("expected_peak") or float("nan")) / GIB,
+                         "budget_gb": ((r.get("plan_fields") or {}).get("budget") or float("nan")) / GIB} for r in ok]
         fits[config] = fit
     floor_mb = canvas_floor_bytes_per_pixel * 1e6 / MB    # bytes per pixel → MB (2^20 B) per 10^6 pixels
     return {"fits": fits, "canvas_floor_mb_per_mp": floor_mb, "verdict": verdict(fits, floor_mb)}
@@ -205,11 +208,11 @@ def verdict(fits, floor_mb):
             text += f"flat in image size apart from the canvases ({max(excess, 0):.0f} MB/MP above them)"
         else:
             largest = max(fit["plans"], key=lambda p: fit["megapixels"][fit["sizes"].index(p["size"])])
-            kept = largest["skips"] in ("fp32", "fp16")
-            text += (f"NOT flat: {excess:.0f} MB/MP above the canvases"
-                     + (f" (at {largest['size']} the plan keeps {largest['skips']} skip features on the host, "
-                        "which grow with the image; a lower --memory-budget makes it recompute them)"
-                        if kept else ""))
+            text += (f"NOT flat: {excess:.0f} MB/MP above the canvases (the planner spends the budget on "
+                     f"what is faster where it has room: canvases in RAM, the whole-canvas sampler; at "
+                     f"{largest['size']} it expects {largest.get('expected_peak_gb', float('nan')):.2f} GB of "
+                     f"{largest.get('budget_gb', float('nan')):.2f} GB; "
+                     "a lower --memory-budget bounds it)")
         t = fit.get("total_seconds")
         if t:
             linear = t["r2"] >= 0.95

@@ -38,22 +38,49 @@ def proc_status(pid, field):
     return 0
 
 
-def make_test_image(path, width, height, seed=0):
-    """A synthetic 8-bit RGB TIFF (smooth gradients, hazy patches and noise), written in row blocks."""
+TEST_TILE = 256
+
+
+def synthetic_tile(y0, x0, h, w, dtype=np.uint8, seed=0):
+    """One tile of a deterministic synthetic photo-like image (gradients, waves, noise): any tile can
+    be made on its own, so an image of any size is written without holding it."""
+    ys = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x0 + w, dtype=np.float32)[None, :]
+    rng = np.random.default_rng([seed, y0, x0])
+    planes = []
+    for c in range(3):
+        base = (0.45 + 0.2 * np.sin(xs / (97 + 13 * c) + ys / 53) + 0.15 * np.cos(ys / (211 + 7 * c) - xs / 389)
+                + 0.1 * np.sin((xs + ys) / 4000.0 + c))
+        planes.append(base + rng.normal(0, 0.03, (h, w)).astype(np.float32))
+    image = np.clip(np.stack(planes, -1), 0, 1)
+    return np.round(image * np.iinfo(dtype).max).astype(dtype)
+
+
+def make_test_image(path, width, height, seed=0, dtype=np.uint8, compression=None, bigtiff=False):
+    """A synthetic RGB TIFF in tiles of 256 (BigTIFF when asked or past 4 GB), written tile by tile
+    from ``synthetic_tile``: an image of any size is made without being held, and a tiled input is
+    what the engine streams by regions (a one-strip TIFF would be decoded whole)."""
     import tifffile
 
-    rng = np.random.default_rng(seed)
-    image = np.empty((height, width, 3), np.uint8)
-    xs = np.arange(width, dtype=np.float32)
-    for y0 in range(0, height, 512):
-        y1 = min(height, y0 + 512)
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-        for c in range(3):
-            base = (110 + 50 * np.sin(xs / (97 + 13 * c) + ys / 53) + 40 * np.cos(ys / (211 + 7 * c) - xs / 389))
-            noise = rng.normal(0, 8, (y1 - y0, width)).astype(np.float32)
-            image[y0:y1, :, c] = np.clip(base + noise, 0, 255).astype(np.uint8)
-    tifffile.imwrite(path, image, photometric="rgb")
-    return Path(path)
+    path = Path(path)
+    if path.exists():
+        return path
+
+    def tiles():
+        for y0 in range(0, height, TEST_TILE):
+            for x0 in range(0, width, TEST_TILE):
+                tile = np.zeros((TEST_TILE, TEST_TILE, 3), dtype)
+                h, w = min(TEST_TILE, height - y0), min(TEST_TILE, width - x0)
+                tile[:h, :w] = synthetic_tile(y0, x0, h, w, dtype, seed)
+                yield tile
+
+    nbytes = width * height * 3 * np.dtype(dtype).itemsize
+    partial = path.with_name(path.stem + ".partial.tif")
+    tifffile.imwrite(partial, tiles(), shape=(height, width, 3), dtype=dtype, tile=(TEST_TILE, TEST_TILE),
+                     photometric="rgb", compression=compression, predictor=2 if compression else None,
+                     bigtiff=bigtiff or nbytes > 2 ** 32 - 2 ** 25)
+    os.replace(partial, path)
+    return path
 
 
 def run_child(spec, workdir, timeout=None, poll=0.05):

@@ -1,6 +1,6 @@
 """python -m benchmarks.streaming_check: the streaming engine's size checks, disk to disk (issue 17).
 
-Each case makes its input once (a tiled TIFF written tile by tile, never whole in memory), converts
+Each case makes its input once (``runner.make_test_image``: a tiled TIFF written tile by tile), converts
 its model with ``tilediff convert`` from reference-format checkpoints, and runs ``tilediff restore``
 in a fresh process, as a user would; the peak resident set is the child's ru_maxrss (os.wait4),
 cross-checked by polling VmHWM. The output is then read back tile by tile and checked.
@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from . import machine
-from .runner import GB, REPO, proc_status
+from .runner import GB, REPO, make_test_image, proc_status
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOLDEN = REPO / "tests" / "golden"
-TILE = 256
 
 CASES = {
     "96mp": dict(size=(12000, 8000), dtype="uint16", compression="zlib", model="small", steps=2, budget=None,
@@ -49,47 +48,6 @@ CASES = {
     "24mp": dict(size=(6000, 4000), dtype="uint8", compression=None, model="small", steps=2, budget=None,
                  bound=4.0, text="6000x4000 tiled RGB8 TIFF, official compressor + small noise net, 2 steps"),
 }
-
-
-def synthetic_tile(y0, x0, h, w, dtype, seed=0):
-    """One tile of a deterministic synthetic photo-like image (gradients, waves, noise): any tile can
-    be made on its own, so an image of any size is written without holding it."""
-    ys = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
-    xs = np.arange(x0, x0 + w, dtype=np.float32)[None, :]
-    rng = np.random.default_rng([seed, y0, x0])
-    planes = []
-    for c in range(3):
-        base = (0.45 + 0.2 * np.sin(xs / (97 + 13 * c) + ys / 53) + 0.15 * np.cos(ys / (211 + 7 * c) - xs / 389)
-                + 0.1 * np.sin((xs + ys) / 4000.0 + c))
-        planes.append(base + rng.normal(0, 0.03, (h, w)).astype(np.float32))
-    image = np.clip(np.stack(planes, -1), 0, 1)
-    top = np.iinfo(dtype).max
-    return np.round(image * top).astype(dtype)
-
-
-def make_input(path, width, height, dtype, compression, bigtiff=False, seed=0):
-    """A tiled RGB TIFF (BigTIFF when asked or past 4 GB) written tile by tile from ``synthetic_tile``."""
-    import tifffile
-
-    path = Path(path)
-    if path.exists():
-        return path
-
-    def tiles():
-        for y0 in range(0, height, TILE):
-            for x0 in range(0, width, TILE):
-                tile = np.zeros((TILE, TILE, 3), dtype)
-                h, w = min(TILE, height - y0), min(TILE, width - x0)
-                tile[:h, :w] = synthetic_tile(y0, x0, h, w, dtype, seed)
-                yield tile
-
-    nbytes = width * height * 3 * np.dtype(dtype).itemsize
-    kwargs = dict(compression=compression, predictor=2 if compression else None)
-    partial = path.with_suffix(".partial.tif")
-    tifffile.imwrite(partial, tiles(), shape=(height, width, 3), dtype=dtype, tile=(TILE, TILE), photometric="rgb",
-                     bigtiff=bigtiff or nbytes > 2 ** 32 - 2 ** 25, **kwargs)
-    os.replace(partial, path)
-    return path
 
 
 def make_model(kind, workdir):
@@ -193,7 +151,8 @@ def main(argv=None):
         case = CASES[name]
         (w, h) = case["size"]
         t0 = time.perf_counter()
-        src = make_input(workdir / f"{name}_in.tif", w, h, case["dtype"], case["compression"], case.get("bigtiff", False))
+        src = make_test_image(workdir / f"{name}_in.tif", w, h, dtype=case["dtype"], compression=case["compression"],
+                              bigtiff=case.get("bigtiff", False))
         model = make_model(case["model"], workdir)
         made = time.perf_counter() - t0
         out = workdir / f"{name}_out.tif"

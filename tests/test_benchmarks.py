@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +112,19 @@ def test_tilediff_bench_runs_the_suite_and_bad_options_give_one_error_line(tmp_p
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].endswith("size '10y3': expected WIDTHxHEIGHT, e.g. 6000x4000")
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_test_image_is_tiled_and_made_tile_by_tile(tmp_path):
+    """The benchmarks' input is a tiled TIFF whose every tile is the generator's tile on its own
+    (so an image of any size is written without being held), in the asked sample type."""
+    import tifffile
+
+    from benchmarks.runner import make_test_image, synthetic_tile
+    path = make_test_image(tmp_path / "in.tif", 600, 300, dtype=np.uint16, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and page.shape == (300, 600, 3) and page.dtype == np.uint16
+        image = page.asarray()
+    np.testing.assert_array_equal(image[256:300, 512:600], synthetic_tile(256, 512, 44, 88, np.uint16))
+    assert 0.2 < image.mean() / 65535 < 0.8 and image.std() > 1000
+    assert not list(tmp_path.glob("*.partial.tif"))
