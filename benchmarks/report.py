@@ -122,9 +122,10 @@ def markdown(report):
         f"(each run in a fresh process after a {s['warmup']} warm-up; times are medians, peak RSS the "
         f"largest of the repeats), modes {', '.join(s['configs'])}",
         f"- load average (1 min) before the runs: {min(loads):.1f} – {max(loads):.1f}" if loads else "- load: –",
-        "- stage times: read = io.read_image of a synthetic 8-bit TIFF + conversion to a tensor; "
-        "encode/sample/decode from the engine's stats; write = io.write_image (8-bit TIFF, atomic); "
-        "total = read → write. Peak RSS = the child's ru_maxrss (os.wait4); working = peak − resident "
+        "- stage times: read = opening the synthetic tiled 8-bit TIFF as a region source; "
+        "encode/sample/decode from the engine's stats; write = the band sink's writes (8-bit TIFF, atomic); "
+        "total = read → write. Peak RSS = the child's own VmHWM (ru_maxrss carries the parent's over exec); "
+        "working = peak − resident "
         "set after model load and warm-up.",
     ]
     allocators = {json.dumps(r["host_allocator"], sort_keys=True) for r in report["runs"] if r.get("host_allocator")}

@@ -1,8 +1,10 @@
 """Running one measurement in a child process, and deciding which runs not to start.
 
-``run_child`` starts ``python -m benchmarks.worker`` and reaps it with ``os.wait4``, whose rusage is
-that child's own (ru_maxrss: its peak resident set, counted by the kernel even when the child is
-killed). While it runs, VmHWM is polled from /proc as a cross-check. A child killed by SIGKILL
+``run_child`` starts ``python -m benchmarks.worker`` and reaps it with ``os.wait4``. The peak
+resident set is the VmHWM the worker reports at its end (its address space is fresh from exec);
+the rusage's ru_maxrss is kept as a cross-check only, since Linux carries it over exec from the
+parent's resident set at fork. While the child runs, VmHWM is polled from /proc (the peak of a
+child killed before it could report). A child killed by SIGKILL
 that did not time out was, on Linux, almost always the OOM killer: it is recorded as 'oom-killed'.
 
 ``predict_reference_peak`` says how much memory the reference (whole-image) algorithm will need at
@@ -149,9 +151,13 @@ def run_child(spec, workdir, timeout=None, poll=0.05):
             result["log_tail"] = log_path.read_text(errors="replace")[-2000:]
         except OSError:
             pass
-    # the parent's count is authoritative (the child's own cannot be read once it is killed)
-    if result.get("child_maxrss_bytes"):
-        result["peak_rss_bytes"] = result["child_maxrss_bytes"]
+    # The child's own VmHWM is its peak (a fresh address space at exec). ru_maxrss is not: Linux
+    # keeps it across exec, so it is at least the parent's resident set at fork. A child killed
+    # before it could report: the VmHWM polled from /proc.
+    if result.get("vm_hwm_bytes"):
+        result["peak_rss_bytes"] = result["vm_hwm_bytes"]
+    elif hwm:
+        result["peak_rss_bytes"] = hwm
     for p in (spec_path, result_path, log_path):
         try:
             p.unlink()

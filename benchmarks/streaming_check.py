@@ -2,8 +2,9 @@
 
 Each case makes its input once (``runner.make_test_image``: a tiled TIFF written tile by tile), converts
 its model with ``tilediff convert`` from reference-format checkpoints, and runs ``tilediff restore``
-in a fresh process, as a user would; the peak resident set is the child's ru_maxrss (os.wait4),
-cross-checked by polling VmHWM. The output is then read back tile by tile and checked.
+in a fresh process, as a user would; the peak resident set is the child's ru_maxrss (os.wait4: an
+upper bound, since Linux carries the parent's resident set at fork over exec), cross-checked by
+polling the child's VmHWM. The output is then read back tile by tile and checked.
 
     python -m benchmarks.streaming_check                       # every case (~1 h on 2 cores)
     python -m benchmarks.streaming_check --cases 96mp --threads 1
