@@ -125,6 +125,10 @@ def test_eval_reports_per_image_and_mean(folder, tmp_path):
     assert T.evaluate(model, imgs[:1], steps=1, seed=3, baseline=False)["per_image"][0]["hazy_psnr"] == \
         res["per_image"][0]["hazy_psnr"]
     assert "| **mean** |" in T.markdown_table(res)
+    # without steps, the run (and its report) takes the model file's default_steps
+    from tilediff.weights import update_metadata
+    update_metadata(model, default_steps=3)
+    assert T.evaluate(model, imgs[:1], seed=3, baseline=False)["steps"] == 3
 
 
 def test_cli_train_and_eval(folder, tmp_path):

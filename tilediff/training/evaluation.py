@@ -70,7 +70,7 @@ def evaluate(weights, images, *, density="moderate", seed=0, steps=None, sampler
         r.update({k: round(float(r[k]), 4) for k in mean})
     return {"weights": str(weights), "density": density, "seed": seed,
             "sampler": sampler or restorer.default_sampler,
-            "steps": steps if steps is not None else restorer.model.sde.get("T"),
+            "steps": steps if steps is not None else (restorer.options().steps or restorer.model.sde.get("T")),
             "samples": samples or restorer.default_samples,
             "ensemble": restorer.default_ensemble if ensemble is None else bool(ensemble),
             "recompose": restorer.default_recompose if recompose is None else bool(recompose),
