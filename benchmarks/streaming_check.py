@@ -102,7 +102,8 @@ def run_restore(args, log_path, threads, poll=0.2):
 
 
 def check_output(out_path, in_path, width, height, dtype):
-    """Read the output back tile by tile: shape, dtype, every tile written, tile means against the input's."""
+    """Read the output back by windows (a 512² window of every 2048² block): shape, dtype, no flat
+    (unwritten) window, and the windows' means against the input's."""
     import tifffile
 
     from tilediff.io.sources import open_source
