@@ -280,8 +280,11 @@ def test_tiled_equals_whole_on_streamed_files(restorer, tmp_path):
 
 def test_a_plan_that_cannot_fit_fails_before_any_work(restorer, tmp_path, monkeypatch):
     model = restorer.model
-    with pytest.raises(MemoryBudgetError, match="needs at least .* GB"):
-        make_plan(model, (40000, 40000), 3, RestoreOptions(memory_budget=64 << 20), torch.device("cpu"))
+    with monkeypatch.context() as m:   # the budget is what is short, not this machine's RAM or disk
+        m.setattr("tilediff.engine.plan.available_memory", lambda device: 16 << 30)
+        m.setattr("tilediff.engine.plan._free_disk", lambda folder: 1 << 40)
+        with pytest.raises(MemoryBudgetError, match="needs at least .* GB"):
+            make_plan(model, (40000, 40000), 3, RestoreOptions(memory_budget=64 << 20), torch.device("cpu"))
     Image.fromarray(samples(64, 64, 3, np.uint8)).save(tmp_path / "in.png")
     monkeypatch.setattr("tilediff.engine.stages.TiledCodec.encode", lambda *a: pytest.fail("work was done"))
     with pytest.raises(MemoryBudgetError):

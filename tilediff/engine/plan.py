@@ -52,6 +52,9 @@ SCRATCH_DISK_SHARE = 1 / 2    # scratch files may take at most this share of the
 SCRATCH_BUDGET_FACTOR = 4     # ... and, but for the leanest configuration, this many times the budget
 COMPRESSOR_TILE_SHARE = 1 / 8  # a compressor tile's peak at most this share of the budget (larger saves little)
 NOISE_ROOM_FLOOR = 1 / 8      # over budget, noise tiles are still sized for this share of the budget
+HEAP_TILE_BLOCK = 32 << 20    # on the CPU, compressor tiles whose finest decoder tensor is at most this: the
+                              # largest block the reused heap serves (host_memory); larger ones are fresh
+                              # mappings the kernel zeroes at every tile (engine.stages._heap_reuse)
 
 # ---- the memory model's coefficients (live tensors at a stage's peak, measured on the reference nets) ----
 NAFNET_LIVE_WIDTHS = 14       # live activations of one NAFNet forward, in (width × padded input) tensors
@@ -226,6 +229,12 @@ def compressor_tile_bytes(facts, tile, recompute_levels, itemsize):
     return int(total)
 
 
+def finest_decoder_tensor_bytes(facts, tile, itemsize):
+    """The largest tensor of one decode tile: the finest decoder level's input on the tile's region."""
+    side = (tile + 2) * facts.scale
+    return facts.finest_decoder_in_channels * side * side * itemsize
+
+
 def fused_encoder_bytes(facts, tile, itemsize):
     """Rough peak memory of one tile of the fused local encoder (all levels, the whole halo)."""
     side = (tile + 2 * encoder_halo(facts.depth)) * facts.scale
@@ -319,7 +328,7 @@ def make_plan(model, image_hw, channels, options, device, *, held_bytes=0, scrat
                     continue    # large scratch files only for the leanest configuration
                 ram = {n: (sizes[n] if where[n] == "ram" else 0) for n in sizes}
                 ctile = _compressor_tile(options, comp, keep_from, encode_mode, itemsize,
-                                         budget * COMPRESSOR_TILE_SHARE, max(ch, cw))
+                                         budget * COMPRESSOR_TILE_SHARE, max(ch, cw), on_host)
                 tile_dec = compressor_tile_bytes(comp, ctile, keep_from, itemsize)
                 tile_enc = fused_encoder_bytes(comp, ctile, itemsize) if encode_mode == "fused" else tile_dec // 2
                 band = band_bytes(ctile * comp.scale)
@@ -405,11 +414,14 @@ def _free_disk(folder):
         return 0
 
 
-def _compressor_tile(options, comp, keep_from, encode_mode, itemsize, room, longest):
-    """The largest candidate compressor tile whose decode (and fused encode) tile fits ``room``."""
+def _compressor_tile(options, comp, keep_from, encode_mode, itemsize, room, longest, on_host=False):
+    """The largest candidate compressor tile whose decode (and fused encode) tile fits ``room``
+    and, on the host, whose finest decoder tensor is a reused heap block (``HEAP_TILE_BLOCK``)."""
     if options.compressor_tile:
         return min(options.compressor_tile, longest)
     for t in COMPRESSOR_TILES:
+        if on_host and t != COMPRESSOR_TILES[-1] and finest_decoder_tensor_bytes(comp, t, itemsize) > HEAP_TILE_BLOCK:
+            continue
         need = compressor_tile_bytes(comp, t, keep_from, itemsize)
         if encode_mode == "fused":
             need = max(need, fused_encoder_bytes(comp, t, itemsize))
