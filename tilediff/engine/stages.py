@@ -83,9 +83,9 @@ def _heap_reuse(uniform):
     network (the same forward at every step: 1.5 s of 3.3 s and 1.3 s of 3.6 s at 2000×3000 with the
     official networks) and the tiled decode (equal tiles, sized by the plan so that their tensors
     are heap blocks: ``plan.HEAP_TILE_BLOCK``). At 2000×3000, official networks, 2 steps, 1 thread
-    (``OMP_NUM_THREADS=1 /usr/bin/time tilediff restore …``), the decode's fresh mappings cost 7.7–9.8 s
-    of system time; reused, 1.4–1.7 s (24.7–25.6 s against 30.8–32.9 s a run, 1.09–1.10 GB against
-    1.13–1.16 GB peak). The fused encode, whose regions come in many sizes, keeps the mmapped
+    (``Restorer.restore_file`` under ``/usr/bin/time``, alternating), the decode's fresh mappings cost
+    7.7–9.8 s of system time; reused, 1.4–1.7 s (24.7–25.6 s against 30.8–32.9 s a run, 1.09–1.10 GB
+    against 1.13–1.16 GB peak). The fused encode, whose regions come in many sizes, keeps the mmapped
     setting (a 16384² fused encode's heap grew to 2.4 GB against 0.38 GB mmapped)."""
     return host_memory.heap_reuse() if uniform else contextlib.nullcontext()
 
