@@ -85,6 +85,21 @@ def make_test_image(path, width, height, seed=0, dtype=np.uint8, compression=Non
     return path
 
 
+def reap_polling(proc, start, timeout=None, poll=0.05):
+    """Wait for ``proc`` with ``os.wait4``, polling its VmHWM from /proc meanwhile (SIGKILL once it
+    runs ``timeout`` seconds past ``start``) → (wait status, rusage, polled VmHWM, timed out?)."""
+    hwm, timed_out = 0, False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            return status, usage, hwm, timed_out
+        hwm = max(hwm, proc_status(proc.pid, "VmHWM"))
+        if timeout and time.perf_counter() - start > timeout and not timed_out:
+            timed_out = True
+            os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(poll)
+
+
 def run_child(spec, workdir, timeout=None, poll=0.05):
     """Run ``spec`` in a fresh worker process; returns the worker's result dict plus what the
     parent saw: status (ok | oom | oom-killed | timeout | error), child_maxrss_bytes (wait4),
@@ -101,17 +116,8 @@ def run_child(spec, workdir, timeout=None, poll=0.05):
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)],
                                 cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-    hwm, timed_out, status, usage = 0, False, None, None
     try:
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            hwm = max(hwm, proc_status(proc.pid, "VmHWM"))
-            if timeout and time.perf_counter() - start > timeout and not timed_out:
-                timed_out = True
-                os.kill(proc.pid, signal.SIGKILL)
-            time.sleep(poll)
+        status, usage, hwm, timed_out = reap_polling(proc, start, timeout, poll)
     except BaseException:
         if proc.returncode is None:
             try:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import machine
-from .runner import GB, REPO, make_test_image, proc_status
+from .runner import GB, REPO, make_test_image, reap_polling
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOLDEN = REPO / "tests" / "golden"
@@ -85,14 +85,8 @@ def run_restore(args, log_path, threads, poll=0.2):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tilediff", "restore", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    hwm = 0
     try:
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            hwm = max(hwm, proc_status(proc.pid, "VmHWM"))
-            time.sleep(poll)
+        status, usage, hwm, _ = reap_polling(proc, start, poll=poll)
     except BaseException:
         proc.send_signal(signal.SIGINT)
         proc.wait()
