@@ -92,6 +92,11 @@ def is_oom(err):
 
 
 def measure(spec):
+    # the host allocator tuned before torch loads, as the command line does (tilediff.cli): torch
+    # reads its huge-page setting once, when it starts, so a later configure() cannot turn it on
+    from tilediff.engine import host_memory
+    allocator = host_memory.configure()
+
     import numpy as np
     import torch
 
@@ -104,9 +109,7 @@ def measure(spec):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
-    from tilediff.engine import host_memory
-    result = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-              "host_allocator": host_memory.configure()}
+    result = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "host_allocator": allocator}
 
     def options(**overrides):
         kw = dict(steps=spec["steps"], sampler=spec.get("sampler", "sde"), seed=spec.get("seed", 0),

@@ -8,7 +8,7 @@ from tilediff.engine.rng import PositionalNoise, PrefetchingNoise, region_noise
 from tilediff.restorer import Restorer
 from tilediff.engine.tiled_compressor import TiledCompressor
 from tilediff.options import RestoreOptions
-from tilediff.tiling import blend_window, grid, partition, tile_starts
+from tilediff.tiling import Tile, blend_window, grid, partition, tile_starts
 from tilediff.weights import convert
 
 
@@ -48,6 +48,15 @@ def test_partition_covers_exactly_once():
     for t in partition(37, 23, 8):
         count[t.slices] += 1
     assert (count == 1).all()
+
+
+def test_partition_cuts_tiles_of_one_size():
+    """As many tiles as the tile size needs, their sides differing by one at most (no narrow last column)."""
+    tiles = partition(37, 23, 8)
+    assert len(tiles) == 5 * 3
+    assert {t.shape[0] for t in tiles} == {7, 8} and {t.shape[1] for t in tiles} == {7, 8}
+    assert partition(16, 16, 8) == [Tile(0, 8, 0, 8), Tile(0, 8, 8, 16), Tile(8, 16, 0, 8), Tile(8, 16, 8, 16)]
+    assert partition(3, 5, 8) == [Tile(0, 3, 0, 5)]
 
 
 # ---- position-keyed noise ----------------------------------------------------------------------

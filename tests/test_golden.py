@@ -77,6 +77,20 @@ def test_stereo_noise_network(golden_net, vectors):
     assert relative_error(out, vectors["G_stereo.out_t70"]) <= FORWARD_TOL
 
 
+@pytest.mark.parametrize("name,t", [("latent", 37), ("pixel", 50), ("bokeh", 20), ("stereo", 70)])
+def test_in_place_inference_blocks_give_the_autograd_path_numbers_bit_for_bit(golden_net, vectors, name, t):
+    """Without autograd the NAFBlocks run in place (NAFBlock._forward_in_place): the same numbers."""
+    net = golden_net(f"nafnet_{name}_small")
+    lens = [vectors[f"G_bokeh.{k}"] for k in ("src_lens", "tgt_lens", "disparity")] if name == "bokeh" else []
+    args = (vectors[f"G_{name}.x"], vectors[f"G_{name}.cond"], t, *lens)
+    with torch.no_grad():
+        in_place = net(*args)
+    with torch.enable_grad():
+        reference = net(*args)
+    assert reference.requires_grad
+    assert torch.equal(in_place, reference.detach())
+
+
 def test_dehaze_compressor_encode_decode(golden_net, vectors):
     net = golden_net("unet_dehaze")
     with torch.no_grad():

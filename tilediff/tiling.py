@@ -70,10 +70,21 @@ def grid(height, width, tile, overlap=0, align=1):
             for x in tile_starts(width, tw, overlap, align)]
 
 
+def even_cuts(length, tile, start=0):
+    """Cut points start = c0 < c1 < … < cn = start + length: ⌈length / tile⌉ parts whose sizes
+    differ by at most one, none longer than ``tile``."""
+    n = max(1, -(-length // tile))
+    return [start + i * length // n for i in range(n + 1)]
+
+
 def partition(height, width, tile):
-    """Non-overlapping tiles (cores) covering the canvas: for exact halo-based tiling."""
-    return [Tile(y, min(height, y + tile), x, min(width, x + tile))
-            for y in range(0, height, tile) for x in range(0, width, tile)]
+    """Non-overlapping tiles (cores) covering the canvas, row-major: for exact halo-based tiling.
+
+    As many tiles along each axis as ``tile`` needs, all about the same size (no narrow last
+    column): a tile's tensors then come in one size, which the host allocator's reused blocks fit
+    (``engine.host_memory.heap_reuse``)."""
+    ys, xs = even_cuts(height, tile), even_cuts(width, tile)
+    return [Tile(y0, y1, x0, x1) for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])]
 
 
 def _ramp(n, lo_overlap, hi_overlap):

@@ -63,20 +63,21 @@ def configure():
 
 
 @contextlib.contextmanager
-def heap_reuse():
-    """Serve large blocks from the heap and keep freed ones for reuse while inside (the tuned
-    setting restored, and free heap memory returned, on leaving).
+def heap_reuse(largest=REUSE_MMAP_THRESHOLD):
+    """Serve blocks up to ``largest`` bytes from the heap and keep freed ones for reuse while
+    inside (the tuned setting restored, and free heap memory returned, on leaving).
 
     For a stage that allocates the same few large tensors over and over (the noise network's
     forward at every step), a fresh mmap per block costs its page faults at every allocation;
-    the heap hands back the block just freed. The tiled compressor, whose tiles differ in size,
-    keeps the mmapped setting (no fragmented heap). A no-op when the allocator is not tuned."""
+    the heap hands back the block just freed. The price is a heap fragmented by blocks of many
+    sizes, so a stage whose largest tensors vary can cap what the heap serves (``largest``). A
+    no-op when the allocator is not tuned."""
     libc = _glibc()
     tuned = _configured is not None and _configured.get("mmap_threshold")
     if libc is None or not tuned:
         yield
         return
-    libc.mallopt(M_MMAP_THRESHOLD, REUSE_MMAP_THRESHOLD)
+    libc.mallopt(M_MMAP_THRESHOLD, int(largest))
     libc.mallopt(M_TRIM_THRESHOLD, REUSE_TRIM_THRESHOLD)
     try:
         yield

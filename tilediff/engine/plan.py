@@ -46,15 +46,18 @@ CUDA_BUDGET_SHARE = 0.85      # default CUDA budget: this share of the free devi
 CPU_BUDGET_SHARE = 0.5        # default CPU budget: this share of the available host memory (≤ the cap)
 HOST_USABLE_SHARE = 0.8       # host canvases may fill at most this share of the available host memory
 FP32_SKIPS_SHARE = 1 / 4      # exact fp32 skips (none recomputed) while they take at most this share of the budget
-KEPT_SHARE = 1 / 16           # host canvases (kept skips included) in RAM up to this share of the budget; the
-                              # rest in scratch files (lean by default: the kernel's page cache holds them)
+KEPT_SHARE = 1 / 256          # host canvases (kept skips included) in RAM up to this share of the budget; the
+                              # rest in scratch files (lean by default: the kernel's page cache holds them, and a
+                              # tile reads its region of them in a few row reads). 1/16 held 92 MB more at
+                              # 2000×3000 (the deepest canvases), for no measurable time
 SCRATCH_DISK_SHARE = 1 / 2    # scratch files may take at most this share of the scratch folder's free space
 SCRATCH_BUDGET_FACTOR = 4     # ... and, but for the leanest configuration, this many times the budget
 COMPRESSOR_TILE_SHARE = 1 / 8  # a compressor tile's peak at most this share of the budget (larger saves little)
 NOISE_ROOM_FLOOR = 1 / 8      # over budget, noise tiles are still sized for this share of the budget
-HEAP_TILE_BLOCK = 32 << 20    # on the CPU, compressor tiles whose finest decoder tensor is at most this: the
-                              # largest block the reused heap serves (host_memory); larger ones are fresh
-                              # mappings the kernel zeroes at every tile (engine.stages._heap_reuse)
+HEAP_TILE_BLOCK = 32 << 20    # on the CPU, compressor tiles whose finest decoder tensor is at most this (the official
+                              # compressor: 48 units): at 64, the decode's 43 MB tensors fragmented the heap (1.36–1.51
+                              # GB at 2000×3000 against 1.09–1.10); at 32 (16 MB) the paired check took 0.65× the
+                              # reference's time for 0.84 GiB, against 0.57× for 0.90 GiB at 48 (engine.stages)
 
 # ---- the memory model's coefficients (live tensors at a stage's peak, measured on the reference nets) ----
 NAFNET_LIVE_WIDTHS = 14       # live activations of one NAFNet forward, in (width × padded input) tensors

@@ -77,17 +77,29 @@ def restore_bands(model, source, options, device=torch.device("cpu"), *, lens=No
     return _run(model, source, plan, options, device, lens, prior, start_step, stats)
 
 
-def _heap_reuse(uniform):
-    """Large blocks from the heap, reused (``host_memory.heap_reuse``), for a stage whose tensors
-    come in the same few sizes over and over: the level-by-level encode, the whole-canvas noise
-    network (the same forward at every step: 1.5 s of 3.3 s and 1.3 s of 3.6 s at 2000×3000 with the
-    official networks) and the tiled decode (equal tiles, sized by the plan so that their tensors
-    are heap blocks: ``plan.HEAP_TILE_BLOCK``). At 2000×3000, official networks, 2 steps, 1 thread
-    (``Restorer.restore_file`` under ``/usr/bin/time``, alternating), the decode's fresh mappings cost
-    7.7–9.8 s of system time; reused, 1.4–1.7 s (24.7–25.6 s against 30.8–32.9 s a run, 1.09–1.10 GB
-    against 1.13–1.16 GB peak). The fused encode, whose regions come in many sizes, keeps the mmapped
-    setting (a 16384² fused encode's heap grew to 2.4 GB against 0.38 GB mmapped)."""
-    return host_memory.heap_reuse() if uniform else contextlib.nullcontext()
+# The largest block each stage takes from the reused heap (``host_memory.heap_reuse``); larger ones
+# are fresh mappings (huge pages where torch was told before it loaded). A heap that serves every
+# size fragments: at the tiled decode's peak, glibc's arena held 0.23–0.41 GiB free beside 0.14–0.20
+# GiB in use. Measured at 2000×3000, official networks, 2 steps, 1 thread, a tiled TIFF to a TIFF,
+# each stage's peak resident set (VmHWM): the whole-canvas sampler, blocks up to 32 MB and the
+# reference's NAFBlocks, 0.97–1.02 GiB; up to 4 MB and the in-place NAFBlocks, 0.82–0.87 GiB, in the
+# same 5.3–5.7 s (its 24 and 48 MB level-0 tensors are mappings either way); the tiled decode, blocks
+# up to 32 MB, 0.86–0.88 GiB; up to 16 MB, 0.83–0.84 GiB, 15.4–15.8 s either way (all mapped: 17–18 s).
+# The paired check (README, 2 threads) with these: 0.88–0.90 GiB in 12.0 s, against 1.04 GiB in 11.1 s.
+SAMPLE_HEAP_BLOCK = 4 << 20
+DECODE_HEAP_BLOCK = 16 << 20
+ENCODE_HEAP_BLOCK = host_memory.REUSE_MMAP_THRESHOLD
+
+
+def _heap_reuse(uniform, largest):
+    """Blocks up to ``largest`` bytes from the heap, reused (``host_memory.heap_reuse``), for a
+    stage whose tensors come in the same few sizes over and over: the level-by-level encode, the
+    whole-canvas noise network (the same forward at every step: 1.5 s of 3.3 s and 1.3 s of 3.6 s
+    at 2000×3000 with the official networks) and the tiled decode (tiles of one size, ``tiling.partition``).
+    The decode's fresh mappings cost 7.7–9.8 s of system time in a 2000×3000 restoration without
+    huge pages; reused, 1.4–1.7 s. The fused encode, whose regions come in many sizes, keeps the
+    mmapped setting (a 16384² fused encode's heap grew to 2.4 GB against 0.38 GB mmapped)."""
+    return host_memory.heap_reuse(largest) if uniform else contextlib.nullcontext()
 
 
 def _region_rows(model, tile):
@@ -106,7 +118,7 @@ def _run(model, source, plan, options, device, lens, prior, start_step, stats):
         # 2. encode (and the prior image's latent)
         start = time.perf_counter()
         codec = make_codec(model, plan, device, dtype, report)
-        with _heap_reuse(plan.encode_mode == "level"):
+        with _heap_reuse(plan.encode_mode == "level", ENCODE_HEAP_BLOCK):
             mu = codec.encode(source)
         guess = None if prior is None else codec.latent_of(prior)
         timings["encode"] = time.perf_counter() - start
@@ -114,7 +126,7 @@ def _run(model, source, plan, options, device, lens, prior, start_step, stats):
 
         # 3. sample
         start = time.perf_counter()
-        with _heap_reuse(plan.noise_mode == "whole"):
+        with _heap_reuse(plan.noise_mode == "whole", SAMPLE_HEAP_BLOCK):
             state = sample_canvas(model, mu, plan, options, device, dtype, lens=lens, guess=guess,
                                   start_step=start_step, report=report, stats=stats)
         del mu, guess
@@ -124,7 +136,7 @@ def _run(model, source, plan, options, device, lens, prior, start_step, stats):
         # 4. decode, a band at a time (the time the consumer takes between bands is not counted)
         timings["decode"] = 0.0
         start = time.perf_counter()
-        with _heap_reuse(isinstance(codec, TiledCodec)):
+        with _heap_reuse(isinstance(codec, TiledCodec), DECODE_HEAP_BLOCK):
             for y0, rows in codec.decode_bands(state, source):
                 timings["decode"] += time.perf_counter() - start
                 yield y0, rows

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.compressor import reflect_index
-from ..tiling import Tile, partition
+from ..tiling import Tile, even_cuts, partition
 from .canvas import Canvas, TensorSource
 from .oom import retry_smaller
 
@@ -379,9 +379,8 @@ class TiledCompressor:
                     skips[j].close()
                     skips[j] = None
             # 4. every output tile through the rest of the decoder, a row of tiles at a time
-            band_rows = self.tile
-            for by0 in range(0, dh, band_rows):
-                by1 = min(dh, by0 + band_rows)
+            cuts = even_cuts(dh, self.tile)
+            for by0, by1 in zip(cuts, cuts[1:]):
                 band = self._retry(lambda: self._decode_band(by0, by1, deep_a, sums, encoded, source, clamp))
                 if band is not None:
                     yield by0 * self.unit, band
@@ -418,9 +417,10 @@ class TiledCompressor:
         if y0 >= y1:
             return None
         band = None
-        for ty in range(by0, by1, self.tile):
-            for core in partition(min(by1, ty + self.tile) - ty, deep_a.width, self.tile):
-                core = Tile(core.y0 + ty, core.y1 + ty, core.x0, core.x1)
+        rows = even_cuts(by1 - by0, self.tile, by0)   # one row of tiles, or more after a halved tile
+        for ty0, ty1 in zip(rows, rows[1:]):
+            for core in partition(ty1 - ty0, deep_a.width, self.tile):
+                core = Tile(core.y0 + ty0, core.y1 + ty0, core.x0, core.x1)
                 x = self._decode_tile(core, deep_a, sums, encoded, source)
                 tiles = -(-deep_a.height // self.tile) * -(-deep_a.width // self.tile)
                 done = core.y0 * deep_a.width + core.x1 * (core.y1 - core.y0)    # latent pixels decoded
@@ -453,8 +453,12 @@ class TiledCompressor:
             level = d - 1 - k                     # the encoder level (scale) decoder level k runs at
             block1, block2, attn, up = self.net.decoder[k]
             x = self.net.decoder[k - 1][3](y)     # upsample of the previous level's output
-            x = resblock(block1, torch.cat([x, skips.pop(2 * d - 2 * k)], 1))
-            x = attn(resblock(block2, torch.cat([x, skips.pop(2 * d - 2 * k - 1)], 1)))
+            del y
+            # each input let go before the ResBlock runs (``resblock`` holds the concatenation only)
+            x = torch.cat([x, skips.pop(2 * d - 2 * k)], 1)
+            x = resblock(block1, x)
+            x = torch.cat([x, skips.pop(2 * d - 2 * k - 1)], 1)
+            x = attn(resblock(block2, x))
             if k == d - 1:
                 x = self.net.final_conv(up(x).add_(skips.pop(0)))
             y = self._crop(x, level, cores[k], regions[k])
