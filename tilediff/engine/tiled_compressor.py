@@ -27,6 +27,7 @@ on the deepest level's grid (units of 2^(depth−1) pixels), so every level's re
 own stride grid, and regions are clipped at the canvas edges, where each convolution's own zero
 padding is then the whole-image padding. Interior halos are cropped away after each level.
 """
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,36 @@ def resblock(block, x):
     h = block.block2.proj(h)
     F.silu(h, inplace=True)
     return h.add_(block.res_conv(x))
+
+
+def upsample_conv(up, x):
+    """``up(x)`` of a compressor ``Upsample`` (nearest ×2, then a 3×3 convolution with padding 1)
+    without making the ×2 input: each of the four output phases (even/odd rows × columns) is a 2×2
+    convolution of x, its 3×3 taps that fall on the same input pixel summed first, and the phases
+    are interleaved into the output. The same result to float rounding, in 4/9 of the multiply-adds,
+    and the tile's largest tensor (the ×2 input: 64 channels at full size) never exists."""
+    conv = up[1]
+    w = conv.weight
+    # output row 2i takes input rows i−1 (tap 0) and i (taps 1, 2); row 2i+1 rows i (taps 0, 1) and i+1 (tap 2)
+    pairs = ((lambda k: k[..., 0:1], lambda k: k[..., 1:2] + k[..., 2:3]),
+             (lambda k: k[..., 0:1] + k[..., 1:2], lambda k: k[..., 2:3]))
+    b, _, h, wd = x.shape
+    out = torch.empty(b, conv.out_channels, 2 * h, 2 * wd, dtype=x.dtype, device=x.device).contiguous(memory_format=CL)
+    padded = F.pad(x, (1, 1, 1, 1))
+    for a in (0, 1):
+        rows = torch.cat([f(w.transpose(2, 3)).transpose(2, 3) for f in pairs[a]], 2)    # (O, I, 2, 3)
+        for c in (0, 1):
+            kernel = torch.cat([f(rows) for f in pairs[c]], 3)                         # (O, I, 2, 2)
+            out[:, :, a::2, c::2] = F.conv2d(padded[:, :, a:a + h + 1, c:c + wd + 1], kernel, conv.bias)
+    return out
+
+
+def _mapped_array(shape):
+    """An uninitialised float32 array in its own anonymous memory map, outside the malloc heap: an
+    output band lives across a row of tiles, and a heap block that long-lived splits the free space
+    the tiles' tensors reuse (2000×3000, official networks: 0.85 GiB decode peak against 0.87)."""
+    nbytes = int(np.prod(shape)) * 4
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), np.float32, count=int(np.prod(shape))).reshape(shape)
 
 
 def padded_region(source, region, padded_hw):
@@ -430,7 +461,7 @@ class TiledCompressor:
                 if rows <= 0 or cols <= 0:
                     continue
                 if band is None:
-                    band = np.empty((y1 - y0, w, x.shape[1]), np.float32)
+                    band = _mapped_array((y1 - y0, w, x.shape[1]))
                 tile = x[0, :, :rows, :cols]
                 tile = (tile.clamp(0, 1) if clamp else tile).permute(1, 2, 0).to("cpu", torch.float32)
                 band[top - y0:top - y0 + rows, left:left + cols] = tile.numpy()
@@ -452,7 +483,7 @@ class TiledCompressor:
         for k in range(1, d):
             level = d - 1 - k                     # the encoder level (scale) decoder level k runs at
             block1, block2, attn, up = self.net.decoder[k]
-            x = self.net.decoder[k - 1][3](y)     # upsample of the previous level's output
+            x = upsample_conv(self.net.decoder[k - 1][3], y)     # the previous level's output ×2
             del y
             # each input let go before the ResBlock runs (``resblock`` holds the concatenation only)
             x = torch.cat([x, skips.pop(2 * d - 2 * k)], 1)
