@@ -108,6 +108,20 @@ def test_tiled_compressor_equals_whole(golden_net, size, tile, keep):
     assert (out - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(1, 6, 9, 14), (2, 6, 1, 1), (1, 6, 2, 5)])
+def test_upsample_as_phase_convolutions_equals_the_module(shape):
+    """The tiled decoder's ×2 upsampling (four 2×2 convolutions interleaved) gives nn's numbers."""
+    from tilediff.engine.tiled_compressor import upsample_conv
+    from tilediff.models.compressor import Upsample
+    torch.manual_seed(3)
+    up = Upsample(6, 4)
+    x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, out = up(x), upsample_conv(up, x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+
+
 # ---- whole = tiled for the full restoration ---------------------------------------------------
 
 @pytest.fixture(scope="module")
