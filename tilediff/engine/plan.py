@@ -111,8 +111,8 @@ class Plan:
             lines += self.notes
         elif self.compressor_mode == "tiled":
             lines.append(f"stream: the input read by regions (a TIFF by its tiles or strips, PNG/JPEG decoded once "
-                         f"in their own sample type), the output written {self.compressor_tile * self.unit} rows at "
-                         f"a time as they are decoded (JPEG assembled in 8 bits first)")
+                         f"in their own sample type), the output written {self.band_rows} rows at a time as they "
+                         f"are decoded (JPEG assembled in 8 bits first)")
         if self.latent:
             if self.compressor_mode == "whole":
                 lines.append("encode/decode: whole image (reference mode)")
@@ -146,6 +146,12 @@ class Plan:
         size = self.canvas_bytes.get(name, 0)
         size = f"{size / GB:.2f} GB" if size >= GB else f"{size / MB:.0f} MB"
         return f"in RAM ({size})" if self.where[name] == "ram" else f"in a scratch file in {self.scratch_dir} ({size})"
+
+    @property
+    def band_rows(self):
+        """Image rows of the decode's tallest band: one row of compressor tiles (``tiling.partition``)."""
+        rows = self.canvas_hw[0]
+        return -(-rows // -(-rows // max(1, self.compressor_tile))) * self.unit
 
     def folder(self, name):
         """The scratch folder of a disk canvas, or None for a RAM one (``canvas.Canvas``)."""
