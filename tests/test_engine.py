@@ -116,10 +116,12 @@ def test_upsample_as_phase_convolutions_equals_the_module(shape):
     torch.manual_seed(3)
     up = Upsample(6, 4)
     x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(shape[0], 2, 2 * shape[2], 2 * shape[3])
     with torch.no_grad():
-        ref, out = up(x), upsample_conv(up, x)
+        ref, out, joined = up(x), upsample_conv(up, x), upsample_conv(up, x, skip)
     assert out.shape == ref.shape
     assert (out - ref).abs().max() <= 1e-6 * ref.abs().max()
+    assert torch.equal(joined, torch.cat([out, skip], 1))
 
 
 # ---- whole = tiled for the full restoration ---------------------------------------------------

@@ -56,25 +56,30 @@ def resblock(block, x):
     return h.add_(block.res_conv(x))
 
 
-def upsample_conv(up, x):
+def upsample_conv(up, x, skip=None):
     """``up(x)`` of a compressor ``Upsample`` (nearest ×2, then a 3×3 convolution with padding 1)
     without making the ×2 input: each of the four output phases (even/odd rows × columns) is a 2×2
     convolution of x, its 3×3 taps that fall on the same input pixel summed first, and the phases
     are interleaved into the output. The same result to float rounding, in 4/9 of the multiply-adds,
-    and the tile's largest tensor (the ×2 input: 64 channels at full size) never exists."""
+    and the tile's largest tensor (the ×2 input: 64 channels at full size) never exists. With
+    ``skip``, returns ``torch.cat([up(x), skip], 1)``, the phases written into the concatenation."""
     conv = up[1]
     w = conv.weight
     # output row 2i takes input rows i−1 (tap 0) and i (taps 1, 2); row 2i+1 rows i (taps 0, 1) and i+1 (tap 2)
     pairs = ((lambda k: k[..., 0:1], lambda k: k[..., 1:2] + k[..., 2:3]),
              (lambda k: k[..., 0:1] + k[..., 1:2], lambda k: k[..., 2:3]))
     b, _, h, wd = x.shape
-    out = torch.empty(b, conv.out_channels, 2 * h, 2 * wd, dtype=x.dtype, device=x.device).contiguous(memory_format=CL)
+    o = conv.out_channels
+    extra = 0 if skip is None else skip.shape[1]
+    out = torch.empty(b, o + extra, 2 * h, 2 * wd, dtype=x.dtype, device=x.device).contiguous(memory_format=CL)
     padded = F.pad(x, (1, 1, 1, 1))
     for a in (0, 1):
         rows = torch.cat([f(w.transpose(2, 3)).transpose(2, 3) for f in pairs[a]], 2)    # (O, I, 2, 3)
         for c in (0, 1):
             kernel = torch.cat([f(rows) for f in pairs[c]], 3)                         # (O, I, 2, 2)
-            out[:, :, a::2, c::2] = F.conv2d(padded[:, :, a:a + h + 1, c:c + wd + 1], kernel, conv.bias)
+            out[:, :o, a::2, c::2] = F.conv2d(padded[:, :, a:a + h + 1, c:c + wd + 1], kernel, conv.bias)
+    if skip is not None:
+        out[:, o:] = skip
     return out
 
 
@@ -483,10 +488,10 @@ class TiledCompressor:
         for k in range(1, d):
             level = d - 1 - k                     # the encoder level (scale) decoder level k runs at
             block1, block2, attn, up = self.net.decoder[k]
-            x = upsample_conv(self.net.decoder[k - 1][3], y)     # the previous level's output ×2
+            # the previous level's output ×2, with its skip; each input let go before the ResBlock
+            # runs (``resblock`` holds the concatenation only)
+            x = upsample_conv(self.net.decoder[k - 1][3], y, skips.pop(2 * d - 2 * k))
             del y
-            # each input let go before the ResBlock runs (``resblock`` holds the concatenation only)
-            x = torch.cat([x, skips.pop(2 * d - 2 * k)], 1)
             x = resblock(block1, x)
             x = torch.cat([x, skips.pop(2 * d - 2 * k - 1)], 1)
             x = attn(resblock(block2, x))
