@@ -73,7 +73,9 @@ def grid(height, width, tile, overlap=0, align=1):
 def even_cuts(length, tile, start=0):
     """Cut points start = c0 < c1 < … < cn = start + length: ⌈length / tile⌉ parts whose sizes
     differ by at most one, none longer than ``tile``."""
-    n = max(1, -(-length // tile))
+    if length <= 0:
+        return [start]
+    n = -(-length // tile)
     return [start + i * length // n for i in range(n + 1)]
 
 

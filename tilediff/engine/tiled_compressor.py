@@ -453,8 +453,8 @@ class TiledCompressor:
         if y0 >= y1:
             return None
         band = None
-        rows = even_cuts(by1 - by0, self.tile, by0)   # one row of tiles, or more after a halved tile
-        for ty0, ty1 in zip(rows, rows[1:]):
+        row_cuts = even_cuts(by1 - by0, self.tile, by0)   # one row of tiles, or more after a halved tile
+        for ty0, ty1 in zip(row_cuts, row_cuts[1:]):
             for core in partition(ty1 - ty0, deep_a.width, self.tile):
                 core = Tile(core.y0 + ty0, core.y1 + ty0, core.x0, core.x1)
                 x = self._decode_tile(core, deep_a, sums, encoded, source)

@@ -126,8 +126,9 @@ class NAFBlock(nn.Module):
     def _forward_in_place(self, inp, shift_att, scale_att, shift_ffn, scale_ffn, cam):
         """``forward`` without autograd: the same operations in the same order (the same numbers,
         bit for bit), the modulations, gates and residual sums in place and each temporary let go
-        as soon as it is used. A level-0 block of the official network at 2000×3000 peaks at three
-        full-width tensors less, and the whole forward allocates about half as much."""
+        as soon as it is used. The official network's whole-canvas forward at 2000×3000 (a 250×376
+        latent, 1 thread, mmapped blocks): +196 MiB resident at its peak instead of +226–246, 2.8 s
+        instead of 3.1–3.4."""
         x = _layer_norm_in_place(self.norm1, inp).mul_(scale_att + 1).add_(shift_att)
         x = self.conv1(x)
         x = self.sg(self.conv2(x))
