@@ -35,7 +35,7 @@ def test_networks_declare_the_facts_the_planner_uses():
 @pytest.mark.parametrize("hw, device, budget_gib, expected, on_disk", [
     ((4000, 6000), "cpu", 1, ("tiled", 48, "fp16", "whole", 750, 0, 1, 1, 1023324620),
      {"deepest", "deep_x", "deep_a", "skips", "levels"}),
-    # on the CPU no larger than 64: a larger tile's decoder tensors would not be reused heap blocks;
+    # on the CPU no larger than 64: a larger tile's finest decoder tensor exceeds plan.HEAP_TILE_BLOCK;
     # only the latent in RAM (plan.KEPT_SHARE): the deepest canvases too go to scratch files
     ((4000, 6000), "cpu", 4, ("tiled", 64, "fp16", "whole", 750, 0, 1, 1, 1023324620),
      {"deepest", "deep_x", "deep_a", "skips", "levels"}),

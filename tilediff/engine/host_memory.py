@@ -7,13 +7,16 @@ the live data plus a fragmented heap: at 2000×3000 with the official compressor
 peaked at 1.62–1.69 GB against 1.21 GB with every large block mmapped (and so returned at free).
 
 Forcing mmap alone costs a page fault per 4 KiB of every allocation (the same run took 1.5× as
-long). With transparent huge pages for PyTorch's large blocks (``THP_MEM_ALLOC_ENABLE``, which torch
-reads at its first large allocation) a fault maps 2 MiB and the cost drops to about +13 %.
+long). With transparent huge pages for PyTorch's large blocks (``THP_MEM_ALLOC_ENABLE``) a fault
+maps 2 MiB and the cost drops to about +13 %. Torch reads that switch once, early: set after torch
+was imported and had made even a 10-element tensor, it had no effect (no AnonHugePages for a 40 MB
+tensor, tested on torch 2.13).
 
-``configure()`` runs when tilediff is imported: it fixes malloc's mmap threshold and asks torch for
-huge pages (only effective if torch has not allocated a large block yet; the CLI and the benchmark
-workers import tilediff first). ``TILEDIFF_HOST_ALLOCATOR=default`` leaves both alone. A no-op
-where glibc is not the C library.
+``configure()`` fixes malloc's mmap threshold and asks torch for huge pages. The CLI and the
+benchmark worker call it before torch loads; a program of yours gets it at its first restoration
+(the threshold then, huge pages only if it set ``THP_MEM_ALLOC_ENABLE=1`` or called ``configure()``
+before importing torch). ``TILEDIFF_HOST_ALLOCATOR=default`` leaves both alone. A no-op where glibc
+is not the C library.
 """
 import contextlib
 import ctypes

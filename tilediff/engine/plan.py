@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..options import MODES   # the engine's modes are the options'
-from ..tiling import grid
+from ..tiling import even_cuts, grid
 from .tiled_compressor import decode_reach, encoder_halo
 
 __all__ = ["DTYPES", "MODES", "Plan", "MemoryBudgetError", "make_plan", "default_budget", "available_memory"]
@@ -150,8 +150,8 @@ class Plan:
     @property
     def band_rows(self):
         """Image rows of the decode's tallest band: one row of compressor tiles (``tiling.partition``)."""
-        rows = self.canvas_hw[0]
-        return -(-rows // -(-rows // max(1, self.compressor_tile))) * self.unit
+        cuts = even_cuts(self.canvas_hw[0], max(1, self.compressor_tile))
+        return max(b - a for a, b in zip(cuts, cuts[1:])) * self.unit
 
     def folder(self, name):
         """The scratch folder of a disk canvas, or None for a RAM one (``canvas.Canvas``)."""
@@ -425,7 +425,7 @@ def _free_disk(folder):
 
 def _compressor_tile(options, comp, keep_from, encode_mode, itemsize, room, longest, on_host=False):
     """The largest candidate compressor tile whose decode (and fused encode) tile fits ``room``
-    and, on the host, whose finest decoder tensor is a reused heap block (``HEAP_TILE_BLOCK``)."""
+    and, on the host, whose finest decoder tensor is at most ``HEAP_TILE_BLOCK``."""
     if options.compressor_tile:
         return min(options.compressor_tile, longest)
     for t in COMPRESSOR_TILES:
