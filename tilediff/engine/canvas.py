@@ -5,7 +5,8 @@ and read tile by tile. ``Canvas`` holds it in RAM when the plan says it fits the
 in an unnamed scratch file (``tempfile.TemporaryFile``: it has no name, so it is gone when the
 canvas is closed, on an interrupt, and even when the process is killed). A file canvas stores each
 row's pixels with their channels together (H, W, C), so a region is read and written as one short
-run of bytes per row with ``readinto``/``write``: only the region is ever resident, and the file's
+run of bytes per row (``os.preadv``/``os.pwrite`` on the file's descriptor: one system call a
+row, where a buffered seek + write flushed at every row): only the region is ever resident, and the file's
 pages live in the kernel's page cache, which the kernel may write out and drop under pressure (a
 memory map would count every page touched as resident memory of this process).
 
@@ -29,6 +30,34 @@ def scratch_folder(preferred=None):
     return tempfile.gettempdir()
 
 
+_POSITIONED = hasattr(os, "preadv") and hasattr(os, "pwrite")   # not on Windows
+
+
+def _read_exactly(file, buffer, offset):
+    """Fill ``buffer`` from the file at ``offset`` (positioned reads; short ones continued)."""
+    done = 0
+    while done < len(buffer):
+        if _POSITIONED:
+            n = os.preadv(file.fileno(), [buffer[done:]], offset + done)
+        else:
+            file.seek(offset + done)
+            n = file.readinto(buffer[done:])
+        if not n:
+            raise OSError(f"scratch file ended at byte {offset + done}")
+        done += n
+
+
+def _write_exactly(file, buffer, offset):
+    """Write all of ``buffer`` to the file at ``offset`` (positioned writes; short ones continued)."""
+    done = 0
+    while done < len(buffer):
+        if _POSITIONED:
+            done += os.pwrite(file.fileno(), buffer[done:], offset + done)
+        else:
+            file.seek(offset + done)
+            done += file.write(buffer[done:])
+
+
 class Canvas:
     """A (1, C, H, W) float canvas in RAM (``folder`` None) or in a scratch file in ``folder``."""
 
@@ -42,7 +71,7 @@ class Canvas:
             self.tensor = torch.empty(1, self.channels, self.height, self.width, dtype=dtype,
                                       memory_format=torch.channels_last)
         else:
-            self.file = tempfile.TemporaryFile(dir=folder, prefix=".tilediff-canvas-")
+            self.file = tempfile.TemporaryFile(dir=folder, prefix=".tilediff-canvas-", buffering=0)
             self.file.truncate(self.nbytes)
             self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
 
@@ -75,12 +104,10 @@ class Canvas:
         out = np.empty((y1 - y0, x1 - x0, self.channels), self._np_dtype)
         row_bytes, offset = self.width * self.channels * self.itemsize, x0 * self.channels * self.itemsize
         if x0 == 0 and x1 == self.width:
-            self.file.seek(y0 * row_bytes)
-            self.file.readinto(memoryview(out).cast("B"))
+            _read_exactly(self.file, memoryview(out).cast("B"), y0 * row_bytes)
         else:
             for i, y in enumerate(range(y0, y1)):
-                self.file.seek(y * row_bytes + offset)
-                self.file.readinto(memoryview(out[i]).cast("B"))
+                _read_exactly(self.file, memoryview(out[i]).cast("B"), y * row_bytes + offset)
         return torch.from_numpy(out[None]).permute(0, 3, 1, 2)   # channels-last strides, as a RAM view's
 
     def write(self, y0, x0, values):
@@ -92,12 +119,10 @@ class Canvas:
         rows = values[0].permute(1, 2, 0).to(device="cpu", dtype=self.dtype).contiguous().numpy()
         row_bytes, offset = self.width * self.channels * self.itemsize, x0 * self.channels * self.itemsize
         if x0 == 0 and w == self.width:
-            self.file.seek(y0 * row_bytes)
-            self.file.write(memoryview(rows).cast("B"))
+            _write_exactly(self.file, memoryview(rows).cast("B"), y0 * row_bytes)
             return
         for i in range(h):
-            self.file.seek((y0 + i) * row_bytes + offset)
-            self.file.write(memoryview(rows[i]).cast("B"))
+            _write_exactly(self.file, memoryview(rows[i]).cast("B"), (y0 + i) * row_bytes + offset)
 
     def whole(self):
         """The whole canvas as one tensor (the RAM tensor itself; read from a file canvas)."""

@@ -13,6 +13,7 @@ class LayerNorm(nn.Module):
     """Channel LayerNorm per pixel with a gain only (no bias), as the reference uses.
 
     eps is 1e-5 for float32 inputs and 1e-3 otherwise (the reference's choice; it keeps fp16 stable).
+    The variance is the mean square of the centred values (``channel_variance``), not ``torch.var``.
     """
 
     def __init__(self, dim):
@@ -21,9 +22,18 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         eps = 1e-5 if x.dtype == torch.float32 else 1e-3
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) * (var + eps).rsqrt() * self.g
+        centred = x - torch.mean(x, dim=1, keepdim=True)
+        return centred * (channel_variance(centred) + eps).rsqrt() * self.g
+
+
+def channel_variance(centred):
+    """The per-pixel variance over channels of a centred (B, C, H, W) tensor: mean(centred²).
+
+    The reference calls ``torch.var``, whose CPU reduction over channels is 10–15× slower than this
+    two-pass form (2000×3000's latent at 64 channels: 19.6 ms against 1.5 ms, 2 threads): a quarter
+    of the noise network's time on a CPU. The two differ by ≤ 3e-7 relative (torch.var is within 6e-8
+    of the exact variance, this within 2.3e-7)."""
+    return centred.square().mean(dim=1, keepdim=True)
 
 
 class SimpleGate(nn.Module):

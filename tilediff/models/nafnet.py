@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LayerNorm, SimpleGate, SinusoidalPosEmb, as_batch_vector
+from .layers import LayerNorm, SimpleGate, SinusoidalPosEmb, as_batch_vector, channel_variance
 
 VARIANTS = ("pixel", "latent", "bokeh", "stereo")
 
@@ -149,9 +149,8 @@ class NAFBlock(nn.Module):
 def _layer_norm_in_place(norm, x):
     """``norm(x)`` (a ``layers.LayerNorm``) in one new tensor: (x − mean) · rsqrt(var + eps) · g."""
     eps = 1e-5 if x.dtype == torch.float32 else 1e-3
-    var = torch.var(x, dim=1, unbiased=False, keepdim=True)
     out = x - torch.mean(x, dim=1, keepdim=True)
-    return out.mul_(var.add_(eps).rsqrt_()).mul_(norm.g)
+    return out.mul_(channel_variance(out).add_(eps).rsqrt_()).mul_(norm.g)
 
 
 @dataclass(frozen=True)
