@@ -91,6 +91,27 @@ def test_in_place_inference_blocks_give_the_autograd_path_numbers_bit_for_bit(go
     assert torch.equal(in_place, reference.detach())
 
 
+@pytest.mark.parametrize("name,t", [("latent", 37), ("bokeh", 20), ("stereo", 70)])
+def test_in_place_blocks_in_strips_of_rows_give_the_autograd_path_numbers(golden_net, vectors, monkeypatch, name, t):
+    """Large maps run the in-place NAFBlocks in strips of rows (NAFBlock._forward_in_strips: the
+    depthwise convolution's halo row, SCA's mean over the whole map); with a strip size of a few
+    rows the golden inputs take that path at every level, and give the autograd path's numbers."""
+    from tilediff.models import nafnet
+    net = golden_net(f"nafnet_{name}_small")
+    lens = [vectors[f"G_bokeh.{k}"] for k in ("src_lens", "tgt_lens", "disparity")] if name == "bokeh" else []
+    x = vectors[f"G_{name}.x"]
+    args = (x, vectors[f"G_{name}.cond"], t, *lens)
+    width, batch = net.intro.out_channels, x.shape[0] * (2 if name == "stereo" else 1)   # stereo: both views
+    monkeypatch.setattr(nafnet, "STRIP_BYTES", 4 * batch * 2 * width * x.shape[-1] * 4)   # 2 rows a strip at full size
+    assert nafnet.strip_rows(torch.empty(batch, width, x.shape[-2], x.shape[-1]), 2 * width) == 2
+    with torch.no_grad():
+        in_strips = net(*args)
+    with torch.enable_grad():
+        reference = net(*args).detach()
+    assert relative_error(in_strips, reference) <= 1e-6
+    assert relative_error(in_strips, vectors[f"G_{name}.out_t{t}"]) <= FORWARD_TOL
+
+
 def test_dehaze_compressor_encode_decode(golden_net, vectors):
     net = golden_net("unet_dehaze")
     with torch.no_grad():

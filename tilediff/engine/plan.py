@@ -35,7 +35,7 @@ FP32_BYTES = 4                # host canvases are float32
 FP16_BYTES = 2                # fp16 skips
 
 # ---- the policy -------------------------------------------------------------------------------
-COMPRESSOR_TILES = (128, 96, 64, 48, 32, 24, 16, 8)  # candidate compressor tiles (latent units), largest first
+COMPRESSOR_TILES = (128, 96, 64, 48, 40, 32, 24, 16, 8)  # candidate compressor tiles (latent units), largest first
 NOISE_TILES = (512, 384, 256, 192, 128, 96, 64)      # candidate noise-network tiles, largest first
 MIN_NOISE_TILE = 16           # out-of-memory halving stops here (and then the error is raised)
 MAX_NOISE_BATCH = 16          # noise tiles per network call at most
@@ -54,10 +54,10 @@ SCRATCH_DISK_SHARE = 1 / 2    # scratch files may take at most this share of the
 SCRATCH_BUDGET_FACTOR = 4     # ... and, but for the leanest configuration, this many times the budget
 COMPRESSOR_TILE_SHARE = 1 / 8  # a compressor tile's peak at most this share of the budget (larger saves little)
 NOISE_ROOM_FLOOR = 1 / 8      # over budget, noise tiles are still sized for this share of the budget
-HEAP_TILE_BLOCK = 32 << 20    # on the CPU, compressor tiles whose finest decoder tensor is at most this (the official
-                              # compressor: 48 units): at 64, the decode's 43 MB tensors fragmented the heap (1.36–1.51
-                              # GB at 2000×3000 against 1.09–1.10); at 32 (16 MB) the paired check took 0.65× the
-                              # reference's time for 0.84 GiB, against 0.57× for 0.90 GiB at 48 (engine.stages)
+HEAP_TILE_BLOCK = 20 << 20    # on the CPU, compressor tiles whose finest decoder tensor is at most this (the official
+                              # compressor: 40 units, 18 MB): at 64, the decode's 43 MB tensors fragmented the heap
+                              # (1.36–1.51 GB at 2000×3000 against 1.09–1.10); at 48 (26 MB) the decode peaked at
+                              # 0.83–0.88 GiB in 6.2–6.7 s, at 40 at 0.79–0.81 GiB in 6.6–6.8 s (session 11, 2 threads)
 
 # ---- the memory model's coefficients (live tensors at a stage's peak, measured on the reference nets) ----
 NAFNET_LIVE_WIDTHS = 14       # live activations of one NAFNet forward, in (width × padded input) tensors

@@ -78,16 +78,17 @@ def restore_bands(model, source, options, device=torch.device("cpu"), *, lens=No
 
 
 # The largest block each stage takes from the reused heap (``host_memory.heap_reuse``); larger ones
-# are fresh mappings (huge pages where torch was told before it loaded). A heap that serves every
-# size fragments: at the tiled decode's peak, glibc's arena held 0.23–0.41 GiB free beside 0.14–0.20
-# GiB in use. Measured at 2000×3000, official networks, 2 steps, 1 thread, a tiled TIFF to a TIFF,
-# each stage's peak resident set (VmHWM): the whole-canvas sampler, blocks up to 32 MB and the
-# reference's NAFBlocks, 0.97–1.02 GiB; up to 4 MB and the in-place NAFBlocks, 0.82–0.87 GiB, in the
-# same 5.3–5.7 s (its 24 and 48 MB level-0 tensors are mappings either way); the tiled decode, blocks
-# up to 32 MB, 0.86–0.88 GiB; up to 16 MB, 0.83–0.84 GiB, 15.4–15.8 s either way (all mapped: 17–18 s).
-# The paired check (README, 2 threads) with these: 0.88–0.90 GiB in 12.0 s, against 1.04 GiB in 11.1 s.
+# are fresh mappings (huge pages where torch was told before it loaded), whose first touch costs
+# page faults (on this VM, whose host reclaims idle memory, a fresh 18 MB convolution output doubled
+# a level-0 ResBlock's time). A heap that serves every size fragments instead. Measured at
+# 2000×3000, official networks, 2 steps, 2 threads, a tiled TIFF to a TIFF, each stage's time and
+# peak resident set (VmHWM; /tmp probe of session 11, the README's check for the final numbers):
+# the whole-canvas sampler with strips of ≤ 4 MB (``nafnet.STRIP_BYTES``), blocks up to 4 MB:
+# 0.75–0.78 GiB, 1.8–2.0 s (up to 64 MB, before the strips: 0.93–0.96 GiB, 1.7–1.8 s); the tiled
+# decode, blocks up to 32 MB: 0.83–0.86 GiB, 6.2–6.7 s; up to 16 MB: 0.82–0.87 GiB, 6.6–7.2 s
+# (its 18–22 MB level-0 tensors mapped); up to 8 MB: 0.80–0.83 GiB, 7.7–7.8 s.
 SAMPLE_HEAP_BLOCK = 4 << 20
-DECODE_HEAP_BLOCK = 16 << 20
+DECODE_HEAP_BLOCK = 32 << 20
 ENCODE_HEAP_BLOCK = host_memory.REUSE_MMAP_THRESHOLD
 
 

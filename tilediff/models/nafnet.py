@@ -129,6 +129,9 @@ class NAFBlock(nn.Module):
         as soon as it is used. The official network's whole-canvas forward at 2000×3000 (a 250×376
         latent, 1 thread, mmapped blocks): +196 MiB resident at its peak instead of +226–246, 2.8 s
         instead of 3.1–3.4."""
+        rows = strip_rows(inp, 2 * inp.shape[1])
+        if rows < inp.shape[2]:
+            return self._forward_in_strips(inp, shift_att, scale_att, shift_ffn, scale_ffn, cam, rows)
         x = _layer_norm_in_place(self.norm1, inp).mul_(scale_att + 1).add_(shift_att)
         x = self.conv1(x)
         x = self.sg(self.conv2(x))
@@ -144,6 +147,54 @@ class NAFBlock(nn.Module):
         y = y.add_(self.conv5(x).mul_(self.gamma))
         del x
         return self.fusion(y) if self.variant == "stereo" else y
+
+    def _forward_in_strips(self, inp, shift_att, scale_att, shift_ffn, scale_ffn, cam, rows):
+        """``_forward_in_place`` on a large map, ``rows`` rows at a time: every operation but the
+        depthwise 3×3 convolution (one row of halo) and SCA's global mean is per pixel, so the block
+        holds its input, one map of its width and a strip's temporaries, where the whole-map path
+        holds two maps of twice the width at once (the conv1 and conv2 outputs). The same numbers to
+        float rounding (the strips' convolutions may block their sums differently)."""
+        h = inp.shape[2]
+        strips = [(r0, min(h, r0 + rows)) for r0 in range(0, h, rows)]
+        x = torch.empty_like(inp)
+        for r0, r1 in strips:             # x = sg(conv2(conv1(norm1(inp)·(1 + scale) + shift)))
+            lo, hi = max(0, r0 - 1), min(h, r1 + 1)
+            t = _layer_norm_in_place(self.norm1, inp[:, :, lo:hi]).mul_(scale_att + 1).add_(shift_att)
+            t = self.conv2(self.conv1(t))[:, :, r0 - lo:r1 - lo]   # rows with both neighbours, or the image's edge
+            a, b = t.chunk(2, dim=1)
+            torch.mul(a, b, out=x[:, :, r0:r1])
+            del t, a, b
+        x = x.mul_(self.sca(x))
+        for r0, r1 in strips:             # y = inp + conv3(x)·β, over x's rows as they are used
+            y = self.conv3(x[:, :, r0:r1]).mul_(self.beta)
+            torch.add(y, inp[:, :, r0:r1], out=x[:, :, r0:r1])
+        y = x
+        for r0, r1 in strips:             # y += conv5(sg(conv4(norm2(y)·(1 + scale) + shift)))·γ
+            band = y[:, :, r0:r1]
+            t = _layer_norm_in_place(self.norm2, band).mul_(scale_ffn + 1).add_(shift_ffn)
+            t = self.sg(self.conv4(t))
+            if cam:
+                cam_scale, cam_shift = cam
+                t = t.mul_(cam_scale + 1).add_(cam_shift)
+            band.add_(self.conv5(t).mul_(self.gamma))
+            del t
+        return self.fusion(y) if self.variant == "stereo" else y
+
+
+# The in-place NAFBlock runs a map in strips of rows where its twice-as-wide conv1 output would be
+# larger than twice this (on the CPU; the fused CUDA kernels have their own tiling); a strip's
+# temporaries are then at most this size, which the sampler's heap reuses (engine.stages.SAMPLE_HEAP_BLOCK).
+STRIP_BYTES = 4 << 20
+
+
+def strip_rows(x, channels):
+    """Rows per strip for a map like x whose widest temporary has ``channels`` channels: all of
+    them on a GPU or where that temporary is at most 2 × ``STRIP_BYTES``."""
+    b, _, h, w = x.shape
+    row_bytes = b * channels * w * x.element_size()
+    if x.device.type != "cpu" or row_bytes * h <= 2 * STRIP_BYTES:
+        return h
+    return max(1, STRIP_BYTES // row_bytes - 2)      # with its two rows of halo, within STRIP_BYTES
 
 
 def _layer_norm_in_place(norm, x):
