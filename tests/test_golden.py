@@ -95,7 +95,7 @@ def test_in_place_inference_blocks_give_the_autograd_path_numbers_bit_for_bit(go
 def test_in_place_blocks_in_strips_of_rows_give_the_autograd_path_numbers(golden_net, vectors, monkeypatch, name, t):
     """Large maps run the in-place NAFBlocks in strips of rows (NAFBlock._forward_in_strips: the
     depthwise convolution's halo row, SCA's mean over the whole map); with a strip size of a few
-    rows the golden inputs take that path at every level, and give the autograd path's numbers."""
+    rows the golden inputs take that path at their finer levels, and give the autograd path's numbers."""
     from tilediff.models import nafnet
     net = golden_net(f"nafnet_{name}_small")
     lens = [vectors[f"G_bokeh.{k}"] for k in ("src_lens", "tgt_lens", "disparity")] if name == "bokeh" else []

@@ -79,14 +79,15 @@ def restore_bands(model, source, options, device=torch.device("cpu"), *, lens=No
 
 # The largest block each stage takes from the reused heap (``host_memory.heap_reuse``); larger ones
 # are fresh mappings (huge pages where torch was told before it loaded), whose first touch costs
-# page faults (on this VM, whose host reclaims idle memory, a fresh 18 MB convolution output doubled
-# a level-0 ResBlock's time). A heap that serves every size fragments instead. Measured at
+# page faults (on this VM a level-0 decoder convolution writing a fresh 18 MB output took 11.1 ms
+# against 5.3 ms into reused memory, profiled). A heap that serves every size fragments instead. Measured at
 # 2000×3000, official networks, 2 steps, 2 threads, a tiled TIFF to a TIFF, each stage's time and
 # peak resident set (VmHWM; /tmp probe of session 11, the README's check for the final numbers):
 # the whole-canvas sampler with strips of ≤ 4 MB (``nafnet.STRIP_BYTES``), blocks up to 4 MB:
 # 0.75–0.78 GiB, 1.8–2.0 s (up to 64 MB, before the strips: 0.93–0.96 GiB, 1.7–1.8 s); the tiled
-# decode, blocks up to 32 MB: 0.83–0.86 GiB, 6.2–6.7 s; up to 16 MB: 0.82–0.87 GiB, 6.6–7.2 s
-# (its 18–22 MB level-0 tensors mapped); up to 8 MB: 0.80–0.83 GiB, 7.7–7.8 s.
+# decode with compressor tiles of 48, blocks up to 32 MB: 0.83–0.86 GiB, 6.2–6.7 s; up to 16 MB:
+# 0.82–0.87 GiB, 6.6–7.2 s (its 18–22 MB level-0 tensors mapped); up to 8 MB: 0.80–0.83 GiB, 7.7 s;
+# with the tiles of 40 the plan now picks (``plan.HEAP_TILE_BLOCK``), up to 32 MB: 0.79–0.81 GiB, 6.6–6.8 s.
 SAMPLE_HEAP_BLOCK = 4 << 20
 DECODE_HEAP_BLOCK = 32 << 20
 ENCODE_HEAP_BLOCK = host_memory.REUSE_MMAP_THRESHOLD
