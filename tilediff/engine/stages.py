@@ -80,8 +80,8 @@ def restore_bands(model, source, options, device=torch.device("cpu"), *, lens=No
 # The largest block each stage takes from the reused heap (``host_memory.heap_reuse``); larger ones
 # are fresh mappings (huge pages where torch was told before it loaded), whose first touch costs
 # page faults (on this VM a level-0 decoder convolution writing a fresh 18 MB output took 11.1 ms
-# against 5.3 ms into reused memory, profiled). A heap that serves every size fragments instead. Measured at
-# 2000×3000, official networks, 2 steps, 2 threads, a tiled TIFF to a TIFF, each stage's time and
+# against 5.3 ms into reused memory, profiled). A heap that serves every size fragments instead.
+# Measured at 2000×3000, official networks, 2 steps, 2 threads, a tiled TIFF to a TIFF, each stage's time and
 # peak resident set (VmHWM; /tmp probe of session 11, the README's check for the final numbers):
 # the whole-canvas sampler with strips of ≤ 4 MB (``nafnet.STRIP_BYTES``), blocks up to 4 MB:
 # 0.75–0.78 GiB, 1.8–2.0 s (up to 64 MB, before the strips: 0.93–0.96 GiB, 1.7–1.8 s); the tiled

@@ -133,20 +133,12 @@ class NAFBlock(nn.Module):
         rows = strip_rows(inp, 2 * inp.shape[1])
         if rows < inp.shape[2]:
             return self._forward_in_strips(inp, shift_att, scale_att, shift_ffn, scale_ffn, cam, rows)
-        x = _layer_norm_in_place(self.norm1, inp).mul_(scale_att + 1).add_(shift_att)
-        x = self.conv1(x)
-        x = self.sg(self.conv2(x))
+        x = self.sg(self._expand(inp, shift_att, scale_att))
         x = x.mul_(self.sca(x))
         y = self.conv3(x)
         del x
         y = y.mul_(self.beta).add_(inp)          # inp + conv3(x)·β
-        x = _layer_norm_in_place(self.norm2, y).mul_(scale_ffn + 1).add_(shift_ffn)
-        x = self.sg(self.conv4(x))
-        if cam:
-            cam_scale, cam_shift = cam
-            x = x.mul_(cam_scale + 1).add_(cam_shift)
-        y = y.add_(self.conv5(x).mul_(self.gamma))
-        del x
+        self._add_ffn(y, shift_ffn, scale_ffn, cam)
         return self.fusion(y) if self.variant == "stereo" else y
 
     def _forward_in_strips(self, inp, shift_att, scale_att, shift_ffn, scale_ffn, cam, rows):
@@ -160,8 +152,7 @@ class NAFBlock(nn.Module):
         x = torch.empty_like(inp)
         for r0, r1 in strips:             # x = sg(conv2(conv1(norm1(inp)·(1 + scale) + shift)))
             lo, hi = max(0, r0 - 1), min(h, r1 + 1)
-            t = _layer_norm_in_place(self.norm1, inp[:, :, lo:hi]).mul_(scale_att + 1).add_(shift_att)
-            t = self.conv2(self.conv1(t))[:, :, r0 - lo:r1 - lo]   # rows with both neighbours, or the image's edge
+            t = self._expand(inp[:, :, lo:hi], shift_att, scale_att)[:, :, r0 - lo:r1 - lo]   # rows with both neighbours, or the image's edge
             a, b = t.chunk(2, dim=1)
             torch.mul(a, b, out=x[:, :, r0:r1])
             del t, a, b
@@ -170,16 +161,26 @@ class NAFBlock(nn.Module):
             y = self.conv3(x[:, :, r0:r1]).mul_(self.beta)
             torch.add(y, inp[:, :, r0:r1], out=x[:, :, r0:r1])
         y = x
-        for r0, r1 in strips:             # y += conv5(sg(conv4(norm2(y)·(1 + scale) + shift)))·γ
-            band = y[:, :, r0:r1]
-            t = _layer_norm_in_place(self.norm2, band).mul_(scale_ffn + 1).add_(shift_ffn)
-            t = self.sg(self.conv4(t))
-            if cam:
-                cam_scale, cam_shift = cam
-                t = t.mul_(cam_scale + 1).add_(cam_shift)
-            band.add_(self.conv5(t).mul_(self.gamma))
-            del t
+        for r0, r1 in strips:
+            self._add_ffn(y[:, :, r0:r1], shift_ffn, scale_ffn, cam)
         return self.fusion(y) if self.variant == "stereo" else y
+
+    def _expand(self, x, shift_att, scale_att):
+        """conv2(conv1(norm1(x)·(1 + scale) + shift)), the attention branch before its gate; each
+        temporary let go once the next is made."""
+        t = _layer_norm_in_place(self.norm1, x).mul_(scale_att + 1).add_(shift_att)
+        t = self.conv1(t)
+        return self.conv2(t)
+
+    def _add_ffn(self, y, shift_ffn, scale_ffn, cam):
+        """y += conv5(sg(conv4(norm2(y)·(1 + scale) + shift)))·γ in place (every op per pixel, so y
+        may be a map or a strip of its rows)."""
+        t = _layer_norm_in_place(self.norm2, y).mul_(scale_ffn + 1).add_(shift_ffn)
+        t = self.sg(self.conv4(t))
+        if cam:
+            cam_scale, cam_shift = cam
+            t = t.mul_(cam_scale + 1).add_(cam_shift)
+        y.add_(self.conv5(t).mul_(self.gamma))
 
 
 # The in-place NAFBlock runs a map in strips of rows where its twice-as-wide conv1 output would be
