@@ -229,6 +229,24 @@ def test_x0_loss_is_zero_for_the_true_noise_and_capped_at_large_t():
     assert w[0] < 0.01 and w[-1] > 10 * T.X0_LOSS_CAP   # the cap matters at t = T and not at t = 1
 
 
+def test_late_steps_draw_half_the_batch_from_the_late_steps_and_the_cap_is_an_option():
+    from tilediff.training.losses import draw_steps
+    torch.manual_seed(0)
+    plain = draw_steps(100, 4000)
+    assert plain.min() == 1 and plain.max() == 100
+    torch.manual_seed(0)
+    assert draw_steps(100, 4000, 0).equal(plain)             # 0: the reference's draw, same numbers
+    late = draw_steps(100, 4000, 60)
+    assert late[:2000].min() == 1 and late[2000:].min() == 60 and late.max() == 100
+    assert abs(float((late[2000:] >= 60).float().mean()) - 1) < 1e-9 and float((late[:2000] >= 60).float().mean()) < 0.5
+    with pytest.raises(ValueError, match="late_steps must be in"):
+        draw_steps(100, 4, 101)
+    sch, x0, mu, z, t, xt = _ir_sde_state()
+    w = sch.sigma_bars[t.flatten()] * torch.exp(sch.thetas_cumsum[t.flatten()] * sch.dt)
+    got = T.x0_loss(sch, z + 0.01, xt, x0, mu, t, cap=8.0)
+    assert got == pytest.approx(float((torch.clamp(w, max=8.0) * 0.01).mean()), rel=1e-3)
+
+
 def test_noise_loss_kinds_and_fine_tuning_from_a_model_file(folder, tmp_path):
     cfg = _config(folder, tmp_path / "state", iters=2)
     comp, _ = T.train_compressor(cfg, tmp_path / "c.safetensors")
@@ -247,7 +265,7 @@ def test_noise_loss_kinds_and_fine_tuning_from_a_model_file(folder, tmp_path):
         T.noise_loss(net, compressor, sch, lq, gt, "l2")
     # fine-tuning starts from the given file's noise network and records it
     cfg2 = _config(folder, tmp_path / "state2", iters=1)
-    cfg2.init_noise, cfg2.noise_loss = str(first), "x0"
+    cfg2.init_noise, cfg2.noise_loss, cfg2.x0_cap, cfg2.late_steps = str(first), "x0", 4.0, 50
     cfg2.noise.lr = cfg2.noise.min_lr = 1e-12
     cfg2.command = "pytest fine-tune"
     out, _ = T.train_noise(cfg2, first, tmp_path / "m2.safetensors")   # the compressor from a model file too
@@ -255,6 +273,7 @@ def test_noise_loss_kinds_and_fine_tuning_from_a_model_file(folder, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-9) for k in a)   # lr ≈ 0: the initial weights come back
     noise_meta = read_metadata(out)["training"]["noise"]
     assert noise_meta["initialised_from"]["file"] == "m.safetensors" and noise_meta["loss"] == "x0"
+    assert noise_meta["x0_loss_cap"] == 4.0 and noise_meta["late_steps"] == 50
     assert read_metadata(out)["training"]["command"] == ["pytest", "pytest fine-tune"]
     cfg3 = _config(folder, tmp_path / "state3", iters=1)
     cfg3.init_noise = str(first)

@@ -114,7 +114,7 @@ class Restorer:
                 raise ValueError(f"the {prior} prior is for task dehaze, not {self.task.name}")
             return None, None
         resolved = self.options(prior=prior, prior_t=prior_t).task_options
-        return resolved.prior, resolved.prior_t
+        return resolved.prior_name, resolved.prior_t
 
     # ---- restoring -------------------------------------------------------------------------------
     def restore(self, image, options=None, *, stats=None, **changes):

@@ -55,6 +55,8 @@ class TrainConfig:
     latent_weight: float = 0.1    # the reference uses 0.001; see training.losses
     skip_dropout: float = 0.0     # not in the reference; see compressor_loss
     noise_loss: str = "mle"       # "mle" (reference), "x0" or "mle+x0"; see noise_loss
+    x0_cap: float = 1.0           # the x̂0 loss's cap (losses.X0_LOSS_CAP); see x0_loss
+    late_steps: int = 0           # > 0: half of each batch draws its step from late_steps..T; see noise_loss
     init_noise: str | None = None  # model file whose noise network the noise stage starts from
     compressor: StageConfig = field(default_factory=lambda: StageConfig(iters=1000, crop=128, optimizer="adamw",
                                                                          lr=1e-3))

@@ -72,7 +72,20 @@ def x0_loss(sch, eps_pred, xt, x0, mu, t, cap=X0_LOSS_CAP):
     return torch.mean(torch.abs(sde.predict_x0(sch, xt, mu, eps_pred, t) - x0) * scale)
 
 
-def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
+def draw_steps(T, b, late_steps=0):
+    """The training steps of a batch of ``b``: uniform in 1..T; with ``late_steps`` > 0 the second
+    half of the batch uniform in late_steps..T instead (more weight on the steps where a run from
+    noise decides how much haze to remove)."""
+    t = torch.randint(1, T + 1, (b,))
+    if late_steps:
+        if not 1 <= late_steps <= T:
+            raise ValueError(f"late_steps must be in 1..{T}, got {late_steps}")
+        half = b // 2
+        t[half:] = torch.randint(int(late_steps), T + 1, (b - half,))
+    return t
+
+
+def noise_loss(net, compressor, sch, lq, gt, kind="mle", *, x0_cap=X0_LOSS_CAP, late_steps=0):
     """The noise network's loss on the frozen compressor's latents; returns (loss, logs).
 
     "mle" is Refusion's IR-SDE maximum-likelihood loss (the reference). It weights an ε error at step t
@@ -82,7 +95,7 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
     "x0" is ``x0_loss`` alone; "mle+x0" adds ``X0_LOSS_MIX`` × ``x0_loss`` to the MLE loss, so the large
     steps are weighted by x̂_0 accuracy and the small ones still by the reference loss. All kinds aim at
     the same ε (the true noise; the MLE optimum differs from it by a small discretisation offset), so the
-    model file and samplers are unchanged.
+    model file and samplers are unchanged. ``x0_cap``: ``x0_loss``'s cap; ``late_steps``: ``draw_steps``.
     """
     if kind not in NOISE_LOSSES:
         raise ValueError(f"unknown noise loss {kind!r}; expected one of {NOISE_LOSSES}")
@@ -90,14 +103,14 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle"):
         mu, _ = compressor.encode(lq)
         x0, _ = compressor.encode(gt)
     b = mu.shape[0]
-    t = torch.randint(1, sch.T + 1, (b,))
+    t = draw_steps(sch.T, b, late_steps)
     tt = t.view(b, 1, 1, 1)
     xt = sde.noisy_state(sch, x0, mu, tt, torch.randn_like(mu))
     eps = net(xt, mu, t)
     if kind == "x0":
-        return x0_loss(sch, eps, xt, x0, mu, tt), {}
+        return x0_loss(sch, eps, xt, x0, mu, tt, x0_cap), {}
     mle = sde.training_loss(sch, eps, xt, x0, mu, tt)
     if kind == "mle":
         return mle, {}
-    x0_term = x0_loss(sch, eps, xt, x0, mu, tt)
+    x0_term = x0_loss(sch, eps, xt, x0, mu, tt, x0_cap)
     return mle + X0_LOSS_MIX * x0_term, {"mle": mle.item(), "x0": x0_term.item()}

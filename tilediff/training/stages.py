@@ -22,7 +22,7 @@ from ..weights import load_model, read_metadata, read_model_tensors, save_model
 from .config import TrainConfig
 from .data import source_for
 from .loop import checkpoint_path, load_checkpoint, run_stage
-from .losses import X0_LOSS_CAP, X0_LOSS_MIX, compressor_loss, noise_loss
+from .losses import X0_LOSS_MIX, compressor_loss, noise_loss
 
 COMPRESSOR_FORMAT = "tilediff-compressor/1"
 
@@ -116,11 +116,14 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     net = build(task.variant, cfg.noise_config)
     init = load_noise_init(cfg.init_noise, net) if cfg.init_noise else None
     state, summary, history = run_stage(
-        "noise", net, lambda lq, gt: noise_loss(net, compressor, sch, lq, gt, cfg.noise_loss),
+        "noise", net, lambda lq, gt: noise_loss(net, compressor, sch, lq, gt, cfg.noise_loss, x0_cap=cfg.x0_cap,
+                                            late_steps=cfg.late_steps),
         source, cfg.noise, cfg, resume)
     summary.update(parameters=count_parameters(net), loss=cfg.noise_loss)
     if cfg.noise_loss != "mle":
-        summary.update(x0_loss_cap=X0_LOSS_CAP, x0_loss_mix=X0_LOSS_MIX)
+        summary.update(x0_loss_cap=cfg.x0_cap, x0_loss_mix=X0_LOSS_MIX)
+    if cfg.late_steps:
+        summary["late_steps"] = cfg.late_steps
     if init:
         summary["initialised_from"] = init
     comp_summary = comp_training.get("compressor", {})

@@ -35,14 +35,22 @@ class DehazeOptions(TaskOptions):
             raise ValueError(f"recompose must be True, False or None, got {self.recompose!r}")
 
     def resolve(self, meta) -> "DehazeOptions":
-        """The model file's defaults where these are None; a resolved prior is a name or None."""
+        """The model file's defaults where these are None. A resolved prior is a name, 'none' for
+        none, never None: resolving resolved options again (the Restorer resolves, then the engine)
+        must not bring the model file's default prior back over an explicit 'none'."""
         from ...weights import metadata_flag
         prior = self.prior if self.prior is not None else meta.get("default_prior")
-        prior = None if prior in (None, "", "none") else prior
-        if prior is not None and prior not in PRIORS:
+        prior = "none" if prior in (None, "", "none") else prior
+        if prior != "none" and prior not in PRIORS:
             raise ValueError(f"the model file names an unknown default_prior {prior!r}")
         prior_t = self.prior_t
         if prior_t is None:
             prior_t = float(meta.get("default_prior_t", DEFAULT_PRIOR_T))
         recompose = self.recompose if self.recompose is not None else metadata_flag(meta, "default_recompose")
-        return DehazeOptions(prior=prior, prior_t=float(prior_t) if prior else None, recompose=bool(recompose))
+        return DehazeOptions(prior=prior, prior_t=float(prior_t) if prior != "none" else None,
+                             recompose=bool(recompose))
+
+    @property
+    def prior_name(self):
+        """The prior estimate the runs start from, or None for none (resolved or not)."""
+        return None if self.prior in (None, "none") else self.prior

@@ -165,12 +165,12 @@ def prepare(source, options, schedule_steps: int, device: torch.device) -> Start
     round(prior_t · T), at least step 1. The airlight is computed once for both parts.
     """
     opts = options.task_options
-    if opts is None or (opts.prior is None and not opts.recompose):
+    if opts is None or (opts.prior_name is None and not opts.recompose):
         return Start()
     begin = time.perf_counter()
     air = None if device.type == "cuda" else airlight_of_source(source)
     start = Start(finish=_recomposition(source, air, device) if opts.recompose else None)
-    if opts.prior is not None:
+    if opts.prior_name is not None:
         start.prior = _gpu_estimate(source, device) if device.type == "cuda" else DarkChannelPriorSource(source, air)
         start.start_step = max(1, min(schedule_steps, round(opts.prior_t * schedule_steps)))
     start.seconds = time.perf_counter() - begin
