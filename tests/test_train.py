@@ -247,6 +247,52 @@ def test_late_steps_draw_half_the_batch_from_the_late_steps_and_the_cap_is_an_op
     assert got == pytest.approx(float((torch.clamp(w, max=8.0) * 0.01).mean()), rel=1e-3)
 
 
+def test_a_prior_start_draws_the_states_around_the_estimates_latent_and_keeps_the_clean_target():
+    from tilediff.models.compressor import Compressor
+    from tilediff.training.losses import PriorStart
+    torch.manual_seed(0)
+    compressor = Compressor(in_ch=3, out_ch=3, ch=4, ch_mult=[1, 2], embed_dim=4).eval()
+    lq, gt = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        mu, _ = compressor.encode(lq)
+        x0, _ = compressor.encode(gt)
+        estimate_latent, _ = compressor.encode(1 - lq)
+    t = torch.full((6,), 90)
+    everyone = PriorStart(lambda images: 1 - images, fraction=1.0, step=30)
+    centre, steps = everyone.centres(compressor, lq, x0, t)
+    torch.testing.assert_close(centre, estimate_latent)
+    assert steps.eq(30).all() and t.eq(90).all()   # the caller's t untouched
+    nobody = PriorStart(lambda images: 1 - images, fraction=0.0, step=30)
+    centre, steps = nobody.centres(compressor, lq, x0, t)
+    assert centre is x0 and steps is t
+    torch.manual_seed(1)
+    picked = torch.rand(6) < 0.5                                      # the draw centres() makes first
+    torch.manual_seed(1)
+    half = PriorStart(lambda images: 1 - images, fraction=0.5, step=30)
+    centre, steps = half.centres(compressor, lq, x0, t)
+    moved = (centre - x0).flatten(1).abs().amax(1) > 0
+    assert moved.tolist() == picked.tolist() == [False, True, True, False, True, False]
+    assert steps[moved].eq(30).all() and steps[~moved].eq(90).all()
+    torch.testing.assert_close(centre[moved], estimate_latent[moved])
+    # through the loss: the states come from the estimate's latent, the x̂0 target is still the clean latent
+    sch = sde.make_schedule(max_sigma=30, T=100)
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, xt, cond, steps):
+            seen["xt"], seen["t"] = xt, steps
+            return torch.zeros_like(xt)
+    torch.manual_seed(5)
+    loss, _ = T.noise_loss(Spy(), compressor, sch, lq, gt, "x0", prior_start=everyone)
+    torch.manual_seed(5)
+    _ = torch.randint(1, 101, (6,))                                  # the batch's steps, then its noise
+    z = torch.randn_like(mu)
+    tt = seen["t"].view(6, 1, 1, 1)
+    torch.testing.assert_close(seen["xt"], sde.noisy_state(sch, estimate_latent, mu, tt, z))
+    expected = T.x0_loss(sch, torch.zeros_like(mu), seen["xt"], x0, mu, tt)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_noise_loss_kinds_and_fine_tuning_from_a_model_file(folder, tmp_path):
     cfg = _config(folder, tmp_path / "state", iters=2)
     comp, _ = T.train_compressor(cfg, tmp_path / "c.safetensors")

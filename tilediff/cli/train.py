@@ -67,6 +67,11 @@ def _command_line():
 @click.option("--late-steps", default=0, show_default=True, type=click.IntRange(min=0),
               help="> 0: half of each batch draws its step from LATE_STEPS..T instead of 1..T (the steps where a "
                    "run from noise decides the haze).")
+@click.option("--dcp-start-fraction", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Dehaze: that fraction of each batch is drawn around the dark channel prior's latent at step "
+                   "--dcp-start-t x T, the state the default DCP start gives (tilediff.training.losses.PriorStart).")
+@click.option("--dcp-start-t", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="The step of --dcp-start-fraction, as a fraction of T (the restore option --prior-t).")
 @click.option("--init-noise", type=click.Path(dir_okay=False, exists=True),
               help="Start the noise network from this model file's (fine-tuning; same network settings).")
 @click.option("--ema-decay", default=0.995, show_default=True, type=float)
@@ -102,7 +107,8 @@ def _command_line():
 @click.option("--no-progress", is_flag=True)
 def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, compressor_iters, noise_iters,
               batch, crop, noise_crop, optimizer, noise_optimizer, lr, noise_lr, min_lr, warmup, weight_decay,
-              latent_weight, skip_dropout, noise_loss, x0_cap, late_steps, init_noise, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
+              latent_weight, skip_dropout, noise_loss, x0_cap, late_steps, dcp_start_fraction, dcp_start_t,
+              init_noise, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
               middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, augment, haze_v2,
               clear_fraction, scale_range, save_every, resume, no_progress):
     """Train a latent Refusion model (compressor, then noise network) from paired or clean images.
@@ -141,7 +147,8 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
         noise_config={"img_channel": embed_dim, "width": width, "enc_blk_nums": _ints(enc_blocks),
                       "middle_blk_num": middle_blocks, "dec_blk_nums": _ints(dec_blocks)},
         sde=sde_cfg, latent_weight=latent_weight, skip_dropout=skip_dropout,
-        noise_loss=noise_loss, x0_cap=x0_cap, late_steps=late_steps, init_noise=init_noise,
+        noise_loss=noise_loss, x0_cap=x0_cap, late_steps=late_steps, dcp_start_fraction=dcp_start_fraction,
+        dcp_start_t=dcp_start_t, init_noise=init_noise,
         compressor=T.StageConfig(iters=compressor_iters or iters or 1000, crop=crop, optimizer=optimizer, lr=lr,
                                  **common),
         noise=T.StageConfig(iters=noise_iters or iters or 5000, crop=noise_crop, optimizer=noise_optimizer,

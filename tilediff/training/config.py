@@ -57,6 +57,8 @@ class TrainConfig:
     noise_loss: str = "mle"       # "mle" (reference), "x0" or "mle+x0"; see noise_loss
     x0_cap: float = 1.0           # the x̂0 loss's cap (losses.X0_LOSS_CAP); see x0_loss
     late_steps: int = 0           # > 0: half of each batch draws its step from late_steps..T; see noise_loss
+    dcp_start_fraction: float = 0.0  # dehaze: that fraction of each batch starts around the DCP latent (PriorStart)
+    dcp_start_t: float = 0.5      # ... at step round(dcp_start_t · T) (the restore option prior_t)
     init_noise: str | None = None  # model file whose noise network the noise stage starts from
     compressor: StageConfig = field(default_factory=lambda: StageConfig(iters=1000, crop=128, optimizer="adamw",
                                                                          lr=1e-3))

@@ -19,6 +19,9 @@ maximum-likelihood loss), optionally with the capped x̂_0 error ``x0_loss``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -85,7 +88,36 @@ def draw_steps(T, b, late_steps=0):
     return t
 
 
-def noise_loss(net, compressor, sch, lq, gt, kind="mle", *, x0_cap=X0_LOSS_CAP, late_steps=0):
+@dataclass
+class PriorStart:
+    """Train on the state a prior start gives at restoration time: for a ``fraction`` of each batch,
+    x_t is drawn from the forward process around the latent of ``estimate(lq)`` (a classic estimate of
+    the clean image, e.g. the dark channel prior's; a batch of images in, a batch out) at ``step``, the
+    step the runs start from, and the target stays the clean latent. The forward process around the
+    true x_0 never shows the network the estimate's errors it has to undo there (a haze-free photo
+    repainted by the dark channel prior, its airlight error under dense haze). Only the start step:
+    the later states of a run are around the network's own estimates, and such states at small steps
+    (σ̄ small, the estimate far from x_0) ask for an ε far outside the noise's range — trained at
+    1..step, the network learnt to leave the haze in (session 12, model card)."""
+
+    estimate: Callable
+    fraction: float
+    step: int
+
+    def centres(self, compressor, lq, x0, t):
+        """(the latents the states are drawn around, their steps) for a batch."""
+        pick = torch.rand(x0.shape[0]) < self.fraction
+        if not bool(pick.any()):
+            return x0, t
+        with torch.no_grad():
+            guess, _ = compressor.encode(self.estimate(lq[pick]))
+        centre, t = x0.clone(), t.clone()
+        centre[pick] = guess
+        t[pick] = int(self.step)
+        return centre, t
+
+
+def noise_loss(net, compressor, sch, lq, gt, kind="mle", *, x0_cap=X0_LOSS_CAP, late_steps=0, prior_start=None):
     """The noise network's loss on the frozen compressor's latents; returns (loss, logs).
 
     "mle" is Refusion's IR-SDE maximum-likelihood loss (the reference). It weights an ε error at step t
@@ -95,7 +127,8 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle", *, x0_cap=X0_LOSS_CAP, 
     "x0" is ``x0_loss`` alone; "mle+x0" adds ``X0_LOSS_MIX`` × ``x0_loss`` to the MLE loss, so the large
     steps are weighted by x̂_0 accuracy and the small ones still by the reference loss. All kinds aim at
     the same ε (the true noise; the MLE optimum differs from it by a small discretisation offset), so the
-    model file and samplers are unchanged. ``x0_cap``: ``x0_loss``'s cap; ``late_steps``: ``draw_steps``.
+    model file and samplers are unchanged. ``x0_cap``: ``x0_loss``'s cap; ``late_steps``: ``draw_steps``;
+    ``prior_start``: a ``PriorStart`` (None: every state around the clean latent, the reference's way).
     """
     if kind not in NOISE_LOSSES:
         raise ValueError(f"unknown noise loss {kind!r}; expected one of {NOISE_LOSSES}")
@@ -104,8 +137,12 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle", *, x0_cap=X0_LOSS_CAP, 
         x0, _ = compressor.encode(gt)
     b = mu.shape[0]
     t = draw_steps(sch.T, b, late_steps)
+    z = torch.randn_like(mu)
+    centre = x0
+    if prior_start is not None:
+        centre, t = prior_start.centres(compressor, lq, x0, t)
     tt = t.view(b, 1, 1, 1)
-    xt = sde.noisy_state(sch, x0, mu, tt, torch.randn_like(mu))
+    xt = sde.noisy_state(sch, centre, mu, tt, z)
     eps = net(xt, mu, t)
     if kind == "x0":
         return x0_loss(sch, eps, xt, x0, mu, tt, x0_cap), {}

@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -22,7 +23,7 @@ from ..weights import load_model, read_metadata, read_model_tensors, save_model
 from .config import TrainConfig
 from .data import source_for
 from .loop import checkpoint_path, load_checkpoint, run_stage
-from .losses import X0_LOSS_MIX, compressor_loss, noise_loss
+from .losses import X0_LOSS_MIX, PriorStart, compressor_loss, noise_loss
 
 COMPRESSOR_FORMAT = "tilediff-compressor/1"
 
@@ -98,6 +99,24 @@ def _commands(*entries):
     return list(dict.fromkeys(c for c in flat if c))
 
 
+def _dcp_batch(lq):
+    """The dark channel prior's estimate of each image of a (B, 3, H, W) batch in [0, 1]."""
+    from ..tasks.dehaze.dcp import dark_channel_prior
+    images = lq.detach().permute(0, 2, 3, 1).float().numpy()
+    return torch.from_numpy(np.stack([dark_channel_prior(im) for im in images])).permute(0, 3, 1, 2).contiguous()
+
+
+def _dcp_start(cfg, T):
+    """The ``PriorStart`` of ``cfg.dcp_start_fraction`` (dehaze only), or None."""
+    if not cfg.dcp_start_fraction:
+        return None
+    if cfg.task != "dehaze":
+        raise ValueError(f"dcp_start_fraction is for task dehaze, not {cfg.task}")
+    if not 0 < cfg.dcp_start_fraction <= 1 or not 0 < cfg.dcp_start_t <= 1:
+        raise ValueError("dcp_start_fraction and dcp_start_t must be in (0, 1]")
+    return PriorStart(_dcp_batch, float(cfg.dcp_start_fraction), max(1, round(cfg.dcp_start_t * T)))
+
+
 def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=None, quality=None):
     """Stage 2. Writes the complete model file (noise network + its compressor) to ``out``; returns
     (its path, loss history)."""
@@ -115,15 +134,18 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     task = get_task(cfg.task)
     net = build(task.variant, cfg.noise_config)
     init = load_noise_init(cfg.init_noise, net) if cfg.init_noise else None
+    prior_start = _dcp_start(cfg, sch.T)
     state, summary, history = run_stage(
         "noise", net, lambda lq, gt: noise_loss(net, compressor, sch, lq, gt, cfg.noise_loss, x0_cap=cfg.x0_cap,
-                                            late_steps=cfg.late_steps),
+                                            late_steps=cfg.late_steps, prior_start=prior_start),
         source, cfg.noise, cfg, resume)
     summary.update(parameters=count_parameters(net), loss=cfg.noise_loss)
     if cfg.noise_loss != "mle":
         summary.update(x0_loss_cap=cfg.x0_cap, x0_loss_mix=X0_LOSS_MIX)
     if cfg.late_steps:
         summary["late_steps"] = cfg.late_steps
+    if prior_start is not None:
+        summary["dcp_start"] = {"fraction": prior_start.fraction, "step": prior_start.step}
     if init:
         summary["initialised_from"] = init
     comp_summary = comp_training.get("compressor", {})
