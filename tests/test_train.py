@@ -241,6 +241,7 @@ def test_late_steps_draw_half_the_batch_from_the_late_steps_and_the_cap_is_an_op
     assert abs(float((late[2000:] >= 60).float().mean()) - 1) < 1e-9 and float((late[:2000] >= 60).float().mean()) < 0.5
     with pytest.raises(ValueError, match="late_steps must be in"):
         draw_steps(100, 4, 101)
+    assert T.TrainConfig().x0_cap == T.X0_LOSS_CAP and T.TrainConfig().late_steps == 0   # the defaults: as before
     sch, x0, mu, z, t, xt = _ir_sde_state()
     w = sch.sigma_bars[t.flatten()] * torch.exp(sch.thetas_cumsum[t.flatten()] * sch.dt)
     got = T.x0_loss(sch, z + 0.01, xt, x0, mu, t, cap=8.0)
