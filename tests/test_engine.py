@@ -340,11 +340,12 @@ def test_prior_start_refines_the_latent_of_a_classic_estimate(golden_dir, tmp_pa
         sde.sample(lambda x, t: x, mu, mu, sch, "ode", start_step=101)
 
 
-def test_an_explicit_no_prior_overrides_the_model_files_default_prior(golden_dir, tmp_path):
+def test_an_explicit_no_prior_overrides_the_model_files_default_prior(golden_dir, tmp_path, monkeypatch):
     """A model file whose default is the DCP start: prior='none' runs from noise at T, through
     every entry point (the Restorer resolves the options, the engine resolves them again; a
     resolved 'no prior' once read as 'not given' and brought the file's default back)."""
     from tilediff import sde
+    from tilediff.io import read_image, write_image
     from tilediff.weights import update_metadata
     path = convert(golden_dir / "nafnet_latent_small.pth", golden_dir / "unet_dehaze.pth", task="dehaze",
                    output=tmp_path / "m.safetensors")
@@ -359,21 +360,17 @@ def test_an_explicit_no_prior_overrides_the_model_files_default_prior(golden_dir
     assert resolved.task_options.prior == "none" and resolved.resolve(r.model).task_options.prior == "none"
     starts = []
     real_sample = sde.sample
-    try:
-        sde.sample = lambda *a, **k: starts.append(k["start_step"]) or real_sample(*a, **k)
-        no_prior = r.restore(image, prior="none", **kw)
-        default = r.restore(image, **kw)
-    finally:
-        sde.sample = real_sample
+    monkeypatch.setattr(sde, "sample", lambda *a, **k: starts.append(k["start_step"]) or real_sample(*a, **k))
+    no_prior = r.restore(image, prior="none", **kw)
+    default = r.restore(image, **kw)
+    monkeypatch.undo()
     assert starts == [100, 30]
     np.testing.assert_array_equal(no_prior, from_noise)
     assert np.abs(default - from_noise).max() > 1e-3
     out = tmp_path / "out.png"
-    from tilediff.io import write_image
     write_image(tmp_path / "in.png", image)
     r.restore_file(tmp_path / "in.png", out, prior="none", **kw)
     expected = plain.restore(tmp_path / "in.png", **kw)
-    from tilediff.io import read_image
     np.testing.assert_allclose(read_image(out).rgb, np.round(expected * 255) / 255, atol=1 / 255 + 1e-6)
 
 

@@ -227,9 +227,11 @@ def test_x0_loss_is_zero_for_the_true_noise_and_capped_at_large_t():
     got = T.x0_loss(sch, z + delta, xt, x0, mu, t)
     assert got == pytest.approx(float(expected), rel=1e-3)
     assert w[0] < 0.01 and w[-1] > 10 * T.X0_LOSS_CAP   # the cap matters at t = T and not at t = 1
+    got = T.x0_loss(sch, z + delta, xt, x0, mu, t, cap=8.0)   # another cap (--x0-cap)
+    assert got == pytest.approx(float((torch.clamp(w, max=8.0) * delta).mean()), rel=1e-3)
 
 
-def test_late_steps_draw_half_the_batch_from_the_late_steps_and_the_cap_is_an_option():
+def test_late_steps_draw_half_the_batch_from_the_late_steps():
     from tilediff.training.losses import draw_steps
     torch.manual_seed(0)
     plain = draw_steps(100, 4000)
@@ -238,14 +240,10 @@ def test_late_steps_draw_half_the_batch_from_the_late_steps_and_the_cap_is_an_op
     assert draw_steps(100, 4000, 0).equal(plain)             # 0: the reference's draw, same numbers
     late = draw_steps(100, 4000, 60)
     assert late[:2000].min() == 1 and late[2000:].min() == 60 and late.max() == 100
-    assert abs(float((late[2000:] >= 60).float().mean()) - 1) < 1e-9 and float((late[:2000] >= 60).float().mean()) < 0.5
+    assert float((late[:2000] >= 60).float().mean()) < 0.5
     with pytest.raises(ValueError, match="late_steps must be in"):
         draw_steps(100, 4, 101)
     assert T.TrainConfig().x0_cap == T.X0_LOSS_CAP and T.TrainConfig().late_steps == 0   # the defaults: as before
-    sch, x0, mu, z, t, xt = _ir_sde_state()
-    w = sch.sigma_bars[t.flatten()] * torch.exp(sch.thetas_cumsum[t.flatten()] * sch.dt)
-    got = T.x0_loss(sch, z + 0.01, xt, x0, mu, t, cap=8.0)
-    assert got == pytest.approx(float((torch.clamp(w, max=8.0) * 0.01).mean()), rel=1e-3)
 
 
 def test_a_prior_start_draws_the_states_around_the_estimates_latent_and_keeps_the_clean_target():
