@@ -13,7 +13,9 @@ depth). Scored, PSNR dB / SSIM against the clean photo:
 * hazy: the input itself;
 * DCP: ``tilediff.tasks.dehaze.dcp.dark_channel_prior``;
 * defaults: ``Restorer.restore(hazy, steps=STEPS, seed=SEED)`` with the model file's defaults;
-* network alone: ``Restorer.restore(hazy, prior="none", recompose=False, ...)``.
+* network alone: ``Restorer.restore(hazy, prior="none", recompose=False, ...)``;
+* with ``--bound``, the compressor's bound: the clean photo's latent decoded with the hazy input's
+  skips, what a perfect noise network would give (no recomposition).
 
 Then each haze-free photo restored as it is (``clear``: defaults, network alone, and DCP), against
 itself: a dehazer should leave a clear photo alone. Prints markdown tables (means per density, and per
@@ -39,9 +41,11 @@ from tilediff.training.data import list_images
 from tilediff.training.evaluation import haze_for_eval
 from tilediff.training.metrics import psnr, ssim
 
-METHODS = ("hazy", "dcp", "defaults", "network")
+METHODS = ("hazy", "dcp", "defaults", "network", "bound")
 LABELS = {"hazy": "hazy input", "dcp": "DCP", "defaults": "model, file defaults",
-          "network": "network alone (`prior=\"none\", recompose=False`)"}
+          "network": "network alone (`prior=\"none\", recompose=False`)",
+          "bound": "bound: clean latent, hazy skips"}
+SHORT = {"hazy": "hazy", "dcp": "DCP", "defaults": "defaults", "network": "network alone", "bound": "bound"}
 
 
 def load_photo(path, size):
@@ -81,6 +85,8 @@ def main(argv=None):
     ap.add_argument("--images", help="comma-separated stems: a subset of the photos")
     ap.add_argument("--no-clear", action="store_true", help="skip the haze-free photos")
     ap.add_argument("--no-network", action="store_true", help="skip the network-alone runs")
+    ap.add_argument("--bound", action="store_true",
+                    help="also the compressor's bound: the clean latent decoded with the hazy input's skips")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="the Restorer's device: cpu, cuda or auto")
     ap.add_argument("--json", help="write every value here (after each image)")
@@ -108,7 +114,16 @@ def main(argv=None):
             result = previous
         else:
             print("note: --json holds other settings; starting afresh", file=sys.stderr)
-    methods = [m for m in METHODS if not (args.no_network and m == "network")]
+    methods = [m for m in METHODS if not (args.no_network and m == "network") and (args.bound or m != "bound")]
+
+    def bound(img, clean):
+        """The compressor decoding the clean photo's latent with ``img``'s skips (its own, for a clear photo)."""
+        comp = restorer.model.compressor
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            _, skips = comp.encode(to(img))
+            latent, _ = comp.encode(to(clean))
+            return comp.decode(latent, skips)[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
     def restore(img, method):
         # every call from the same global RNG state: a restoration that draws from torch's or numpy's
@@ -139,7 +154,7 @@ def main(argv=None):
                 if m == "hazy":
                     row[m] = score(inp, clean)
                     continue
-                out, seconds = restore(inp, m)
+                out, seconds = (bound(inp, clean), 0.0) if m == "bound" else restore(inp, m)
                 row[m] = {**score(out, clean), "seconds": seconds}
                 print(f"{name} {case} {m}: {row[m]['psnr']:.2f} dB / {row[m]['ssim']:.3f} ({seconds:.1f} s)",
                       file=sys.stderr, flush=True)
@@ -173,8 +188,9 @@ def tables(result, densities, methods, clear=True):
         label = "haze-free (against itself)" if case == "clear" else case
         cells = ["—" if (case == "clear" and m == "hazy") else _cell(rows, case, m) for m in methods]
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
-    lines += ["", "Per image, PSNR dB (hazy / DCP / defaults / network alone; clear: DCP / defaults / "
-              "network alone):", "", "| image | " + " | ".join(list(densities) + (["clear"] if clear else []))
+    clear_methods = [SHORT[m] for m in methods if m != "hazy"]
+    lines += ["", f"Per image, PSNR dB ({' / '.join(SHORT[m] for m in methods)}; clear: "
+              f"{' / '.join(clear_methods)}):", "", "| image | " + " | ".join(list(densities) + (["clear"] if clear else []))
               + " |", "|---|" + "---|" * (len(densities) + int(clear))]
     for name, r in result["images"].items():
         cells = []

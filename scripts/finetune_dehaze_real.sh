@@ -53,6 +53,14 @@ has r4 && tilediff train "${COMMON[@]}" --density light,moderate,dense --init-no
   --out "$STATE/r4.safetensors" --noise-iters 700 --noise-lr 3e-5 --late-steps 50 --x0-cap 4 \
   --dcp-start-fraction 0.1 --seed 9 --threads 2 --state-dir "$STATE/r4" $RESUME
 
+# not shipped (model card, session 13): R4 fine-tuned into an x0-predicting network, then a second
+# round with dense haze drawn half the time; opt in with STAGES="x0a x0b"
+has x0a && tilediff train "${COMMON[@]}" --density light,moderate,dense --init-noise "$STATE/r4.safetensors" \
+  --out "$STATE/x0a.safetensors" --noise-iters 2000 --noise-lr 5e-5 --late-steps 50 --x0-cap 100 \
+  --dcp-start-fraction 0.1 --prediction x0 --sigma-data 0.15 --seed 11 --threads 2 --state-dir "$STATE/x0a" $RESUME
+has x0b && tilediff train "${COMMON[@]}" --density light,moderate,dense,dense --init-noise "$STATE/x0a.safetensors" \
+  --out "$STATE/x0b.safetensors" --noise-iters 1500 --noise-lr 3e-5 --late-steps 50 --x0-cap 100 \
+  --dcp-start-fraction 0.1 --prediction x0 --sigma-data 0.15 --seed 12 --threads 2 --state-dir "$STATE/x0b" $RESUME
 OUT=$STATE/r4.safetensors
 if has eval; then
   python -c 'import sys; from tilediff.weights import update_metadata

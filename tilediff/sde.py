@@ -110,6 +110,12 @@ def _signal_noise(sch, t):
     return math.exp(-u), sch.max_sigma * math.sqrt(-math.expm1(-2 * u))
 
 
+def signal_and_noise(sch):
+    """(m_t, σ̄_t) for t = 0..T as float32 tensors, m_t = e^{−θ̄_t dt}: what an x0-predicting noise
+    network converts its output to ε with (``ConditionalNAFNet.set_schedule``)."""
+    return torch.exp(-sch.thetas_cumsum * sch.dt).float(), sch.sigma_bars.float()
+
+
 def log_snr(sch, t):
     """Half log-SNR ℓ_t = log(m_t/σ̄_t), m_t = e^{−θ̄_t dt} (float64; +inf at t = 0). MR Sampler's variable."""
     m, sb = _signal_noise(sch, t)

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ._version import __version__
-from .models import ArchitectureError, build, count_parameters, infer, strip_prefix
+from .models import ArchitectureError, attach_schedule, build, count_parameters, infer, strip_prefix
 from .tasks import DEFAULT_TASK_FOR_VARIANT, get_task
 
 FORMAT = "tilediff-model/1"
@@ -272,7 +272,7 @@ def load_model(path, device="cpu"):
     meta = read_metadata(path)
     parts = read_model_tensors(path)
     try:
-        noise = build(meta["noise_variant"], meta["noise_config"])
+        noise = attach_schedule(build(meta["noise_variant"], meta["noise_config"]), meta["sde"])
         noise.load_state_dict(parts["noise"], strict=True)
         compressor = None
         if meta["compressor_config"] is not None:

@@ -85,6 +85,11 @@ def _command_line():
 @click.option("--enc-blocks", default="1,1,1,2", show_default=True)
 @click.option("--middle-blocks", default=1, show_default=True, type=int)
 @click.option("--dec-blocks", default="1,1,1,1", show_default=True)
+@click.option("--prediction", default="eps", show_default=True, type=click.Choice(["eps", "x0"]),
+              help="What the noise network's last layer predicts: ε (the reference) or, preconditioned, x0 "
+                   "(tilediff.models.nafnet.ConditionalNAFNet; good first estimates from noise).")
+@click.option("--sigma-data", default=0.15, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="With --prediction x0: the spread of x0 - mu in the latent (the preconditioning's s).")
 @click.option("--no-permute", is_flag=True, help="Do not permute RGB channels of clean images.")
 @click.option("--haze-refresh", default=2, show_default=True, type=int,
               help="Hazed windows renewed per step in the crop pool (with --clean).")
@@ -109,8 +114,8 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
               batch, crop, noise_crop, optimizer, noise_optimizer, lr, noise_lr, min_lr, warmup, weight_decay,
               latent_weight, skip_dropout, noise_loss, x0_cap, late_steps, dcp_start_fraction, dcp_start_t,
               init_noise, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
-              middle_blocks, dec_blocks, no_permute, haze_refresh, seed, threads, state_dir, augment, haze_v2,
-              clear_fraction, scale_range, save_every, resume, no_progress):
+              middle_blocks, dec_blocks, prediction, sigma_data, no_permute, haze_refresh, seed, threads, state_dir,
+              augment, haze_v2, clear_fraction, scale_range, save_every, resume, no_progress):
     """Train a latent Refusion model (compressor, then noise network) from paired or clean images.
 
     \b
@@ -145,7 +150,8 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
         clear_fraction=clear_fraction,
         compressor_config={"in_ch": 3, "out_ch": 3, "ch": ch, "ch_mult": _ints(ch_mult), "embed_dim": embed_dim},
         noise_config={"img_channel": embed_dim, "width": width, "enc_blk_nums": _ints(enc_blocks),
-                      "middle_blk_num": middle_blocks, "dec_blk_nums": _ints(dec_blocks)},
+                      "middle_blk_num": middle_blocks, "dec_blk_nums": _ints(dec_blocks),
+                      **({"prediction": "x0", "sigma_data": sigma_data} if prediction == "x0" else {})},
         sde=sde_cfg, latent_weight=latent_weight, skip_dropout=skip_dropout,
         noise_loss=noise_loss, x0_cap=x0_cap, late_steps=late_steps, dcp_start_fraction=dcp_start_fraction,
         dcp_start_t=dcp_start_t, init_noise=init_noise,

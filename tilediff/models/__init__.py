@@ -29,10 +29,20 @@ def build(variant, config):
         return Compressor(**config)
     if variant not in NOISE_VARIANTS:
         raise ValueError(f"unknown network variant {variant!r}; expected one of {ALL_VARIANTS}")
-    unknown = set(config) - set(NOISE_KEYS) - {"upscale"}
+    unknown = set(config) - set(NOISE_KEYS) - {"upscale", "prediction", "sigma_data"}
     if unknown:
         raise ValueError(f"unknown noise-network config keys: {sorted(unknown)}")
     return ConditionalNAFNet(**config, variant=variant)
+
+
+def attach_schedule(net, sde_settings):
+    """Give an x0-predicting noise network (``ConditionalNAFNet``'s ``prediction``) the m_t and σ̄_t of
+    the schedule ``sde_settings`` (a model file's ``sde``) it converts its output to ε with; an ε
+    network is returned as it is."""
+    if getattr(net, "prediction", "eps") == "x0":
+        from .. import sde
+        net.set_schedule(*sde.signal_and_noise(sde.make_schedule(**sde_settings)))
+    return net
 
 
 def strip_prefix(state_dict, prefix="module."):

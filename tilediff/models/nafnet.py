@@ -15,6 +15,7 @@ from torch import nn
 from .layers import LayerNorm, SimpleGate, SinusoidalPosEmb, as_batch_vector, channel_variance
 
 VARIANTS = ("pixel", "latent", "bokeh", "stereo")
+PREDICTIONS = ("eps", "x0")    # what the last layer's output means (ConditionalNAFNet's docstring)
 
 
 def use_fused_kernels(x):
@@ -218,16 +219,34 @@ class NoiseNetFacts:
 class ConditionalNAFNet(nn.Module):
     """Noise network ε(x_t, μ, t): input cat(x_t − μ, μ), output ε with the channels of x_t.
 
-    The arguments after ``dec_blk_nums`` are the reference constructor's; ``variant`` picks the
+    The arguments up to ``dec_blk_nums`` are the reference constructor's; ``variant`` picks the
     reference file the network comes from. For ``stereo`` the inputs hold the left view's channels
     then the right view's (2·img_channel channels); for ``bokeh`` forward also takes the lens numbers.
+
+    ``prediction`` says what the last layer's output F is. ``"eps"`` (the reference): F = ε. With ε
+    the one-shot x̂_0 = μ + (y − σ̄_t ε)/m_t (y = x_t − μ, m_t = e^{−θ̄_t dt}) multiplies F's errors by
+    σ̄_t/m_t, 24× at t = T for λ = 0.118: a run from noise cannot get its first, deciding estimates
+    right (session 13, model card). ``"x0"``: F is preconditioned as in Karras et al. 2022 (EDM),
+    with the IR-SDE's y_t = m_t·y_0 + σ̄_t·z and ``sigma_data`` s the spread of y_0 = x_0 − μ:
+    ŷ_0 = c_skip·y − c_out·F, c_skip = m s²/D, c_out = s σ̄/√D, D = m²s² + σ̄², so F's target has unit
+    spread at every step, an F error costs at most s in x̂_0, and at small t F ≈ ε (an ε network is a
+    good start for it). forward still returns ε = (y − m ŷ_0)/σ̄ = y σ̄/D + F m s/√D (no cancellation),
+    so samplers, tiling and the engine are unchanged; ``set_schedule`` gives it m_t and σ̄_t.
     """
 
     def __init__(self, img_channel=3, width=16, middle_blk_num=1, enc_blk_nums=(), dec_blk_nums=(),
-                 upscale=1, variant="pixel"):
+                 upscale=1, variant="pixel", prediction="eps", sigma_data=None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown NAFNet variant {variant!r}; expected one of {VARIANTS}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+        if prediction == "x0" and not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
+            raise ValueError(f"prediction 'x0' needs sigma_data > 0, got {sigma_data!r}")
+        self.prediction = prediction
+        self.sigma_data = float(sigma_data) if prediction == "x0" else None
+        self.register_buffer("_signal", None, persistent=False)   # m_t and σ̄_t per step (x0 only):
+        self.register_buffer("_noise", None, persistent=False)    # set_schedule; not in the state dict
         if len(enc_blk_nums) != len(dec_blk_nums):
             raise ValueError("enc_blk_nums and dec_blk_nums must have the same length")
         self.variant = variant
@@ -280,6 +299,7 @@ class ConditionalNAFNet(nn.Module):
         return self.time_mlp(self.pos_emb(t).to(dtype)), self.cam_mlp(torch.cat(lens, dim=1).to(dtype))
 
     def forward(self, x, cond, t, src_lens=None, tgt_lens=None, disparity=None):
+        step = t
         if self.variant == "stereo":
             xl, xr = x.chunk(2, dim=1)
             cl, cr = cond.chunk(2, dim=1)
@@ -292,7 +312,28 @@ class ConditionalNAFNet(nn.Module):
         if self.variant == "stereo":
             left, right = out.chunk(2, dim=0)
             out = torch.cat([left, right], dim=1)
+        if self.prediction == "x0":
+            return self._eps_from_output(out, x - cond, step)
         return out
+
+    def set_schedule(self, signal, noise):
+        """m_t and σ̄_t for t = 0..T (the model file's schedule): what an x0-predicting network turns
+        its output into ε with. Buffers outside the state dict: the file's tensors are the same."""
+        device = self.intro.weight.device
+        self._signal = torch.as_tensor(signal, dtype=torch.float32, device=device)
+        self._noise = torch.as_tensor(noise, dtype=torch.float32, device=device)
+
+    def _eps_from_output(self, out, y, t):
+        """ε = y σ̄/D + F m s/√D (class docstring), in float32 whatever the network's dtype: the x̂_0 a
+        sampler takes back from it, (y − σ̄ε)/m, subtracts nearly equal terms at large t."""
+        if self._signal is None:
+            raise RuntimeError("an x0-predicting noise network needs set_schedule(m_t, σ̄_t) before it runs")
+        steps = as_batch_vector(t, out.shape[0], out.device).round().long()
+        m = self._signal.float()[steps].view(-1, 1, 1, 1)
+        sb = self._noise.float()[steps].view(-1, 1, 1, 1)
+        s = self.sigma_data
+        d = m * m * (s * s) + sb * sb
+        return y.float() * (sb / d) + out.float() * (m * s / d.sqrt())
 
     def body(self, feats, t_emb, cam_emb=None):
         """The U-Net on already concatenated features; pads to a multiple of 2^depth and crops back."""

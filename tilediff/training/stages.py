@@ -17,7 +17,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .. import sde
 from ..io.atomic import replacing
-from ..models import build, count_parameters
+from ..models import attach_schedule, build, count_parameters
 from ..tasks import get_task
 from ..weights import load_model, read_metadata, read_model_tensors, save_model
 from .config import TrainConfig
@@ -132,7 +132,7 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     sch = sde.make_schedule(**sde_cfg)
     torch.manual_seed(cfg.seed + 1)
     task = get_task(cfg.task)
-    net = build(task.variant, cfg.noise_config)
+    net = attach_schedule(build(task.variant, cfg.noise_config), sde_cfg)
     init = load_noise_init(cfg.init_noise, net) if cfg.init_noise else None
     prior_start = _dcp_start(cfg, sch.T)
     state, summary, history = run_stage(
