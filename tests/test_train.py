@@ -168,6 +168,25 @@ def test_cli_train_and_eval(folder, tmp_path):
     assert r.exit_code == 2 and "unknown haze density 'thick'" in r.output
 
 
+def test_training_device_is_checked_and_recorded(folder, tmp_path):
+    from tilediff.cli.train import train_cmd
+    args = ["--clean", str(folder), "--batch", "2", "--crop", "32", "--noise-crop", "32", "--ch", "4", "--ch-mult",
+            "1,2", "--embed-dim", "4", "--width", "8", "--enc-blocks", "1,1", "--dec-blocks", "1,1", "--threads", "0",
+            "--iters", "1", "--no-progress", "--state-dir", str(tmp_path / "st")]
+    runner = CliRunner()
+    r = runner.invoke(train_cmd, args + ["--out", str(tmp_path / "bad.safetensors"), "--device", "gpu"])
+    assert r.exit_code == 2 and "--device" in r.output and not (tmp_path / "bad.safetensors").exists()
+    if not torch.cuda.is_available():
+        r = runner.invoke(train_cmd, args + ["--out", str(tmp_path / "bad.safetensors"), "--device", "cuda"])
+        assert r.exit_code == 2 and "no CUDA device is available" in r.output
+    out = tmp_path / "m.safetensors"
+    r = runner.invoke(train_cmd, args + ["--out", str(out), "--device", "auto"])
+    assert r.exit_code == 0, r.output
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    training = read_metadata(out)["training"]
+    assert training["noise"]["device"] == expected and training["compressor"]["device"] == expected
+
+
 def test_skip_dropout_zeroes_whole_samples():
     from tilediff.models import build
     net = build("compressor", TINY_COMPRESSOR)

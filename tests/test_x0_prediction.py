@@ -105,3 +105,4 @@ def test_training_with_x0_prediction_from_an_eps_file_writes_a_model_that_restor
     image = _smooth_image(np.random.default_rng(2), 40, 36)
     out = Restorer(weights=x0_file, device="cpu").restore(image, steps=3, seed=0)
     assert out.shape == (40, 36, 3) and np.isfinite(out).all()
+

@@ -95,6 +95,8 @@ def _command_line():
               help="Hazed windows renewed per step in the crop pool (with --clean).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=1, show_default=True, type=int, help="torch threads (0: torch's default).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the networks train: cpu, cuda (cuda:N) or auto (the batches are made on the CPU).")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Checkpoints (default: .train_state/<out name>).")
 @click.option("--augment", is_flag=True,
@@ -114,8 +116,8 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
               batch, crop, noise_crop, optimizer, noise_optimizer, lr, noise_lr, min_lr, warmup, weight_decay,
               latent_weight, skip_dropout, noise_loss, x0_cap, late_steps, dcp_start_fraction, dcp_start_t,
               init_noise, ema_decay, ema_every, no_ema, max_sigma, ch, ch_mult, embed_dim, width, enc_blocks,
-              middle_blocks, dec_blocks, prediction, sigma_data, no_permute, haze_refresh, seed, threads, state_dir,
-              augment, haze_v2, clear_fraction, scale_range, save_every, resume, no_progress):
+              middle_blocks, dec_blocks, prediction, sigma_data, no_permute, haze_refresh, seed, threads, device,
+              state_dir, augment, haze_v2, clear_fraction, scale_range, save_every, resume, no_progress):
     """Train a latent Refusion model (compressor, then noise network) from paired or clean images.
 
     \b
@@ -134,6 +136,11 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
                                f"not {task}")
     if not clean and not (lq and gt):
         raise click.UsageError("give --clean DIR, or both --lq DIR and --gt DIR")
+    from ..restorer import resolve_device
+    try:
+        resolve_device(device)
+    except (ValueError, RuntimeError) as e:
+        raise click.BadParameter(str(e).splitlines()[0], param_hint="--device")
     try:
         scale_range = parse_scale_range(scale_range)
     except ValueError as e:
@@ -159,7 +166,7 @@ def train_cmd(task, clean, lq, gt, density, stage, out, compressor_file, iters, 
                                  **common),
         noise=T.StageConfig(iters=noise_iters or iters or 5000, crop=noise_crop, optimizer=noise_optimizer,
                             lr=noise_lr, **common),
-        seed=seed, threads=threads or None, state_dir=state_dir, progress=not no_progress,
+        seed=seed, device=device, threads=threads or None, state_dir=state_dir, progress=not no_progress,
         command=_command_line())
     try:
         if stage == "noise":

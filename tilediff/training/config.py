@@ -65,6 +65,7 @@ class TrainConfig:
     noise: StageConfig = field(default_factory=lambda: StageConfig(iters=5000, crop=256, optimizer="lion",
                                                                     lr=1e-4))
     seed: int = 0
+    device: str = "cpu"           # where the networks train: cpu, cuda or auto (the batches are made on the CPU)
     threads: int | None = 1
     state_dir: str = ".train_state"
     progress: bool = True

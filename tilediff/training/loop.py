@@ -62,6 +62,7 @@ def run_stage(stage, net, loss_fn, source, sc: StageConfig, cfg: TrainConfig, re
     the two stages draw different crops.
     """
     ckpt_path = checkpoint_path(cfg.state_dir, stage)
+    device = next(net.parameters()).device      # the batches are made on the CPU and moved there
     opt = make_optimizer(sc.optimizer, [p for p in net.parameters() if p.requires_grad], sc.lr, sc.weight_decay)
     ema = EMA(net, sc.ema_decay, sc.ema_every)
     rng = np.random.default_rng([cfg.seed, zlib.crc32(stage.encode())])
@@ -100,7 +101,7 @@ def run_stage(stage, net, loss_fn, source, sc: StageConfig, cfg: TrainConfig, re
             lr = cosine_lr(step, sc.iters, sc.lr, sc.min_lr, sc.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            lq, gt = batch(source, rng, sc.batch, sc.crop)
+            lq, gt = (v.to(device) for v in batch(source, rng, sc.batch, sc.crop))
             loss, logs = loss_fn(lq, gt)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[{stage}] loss is {loss.item()} at step {step}")
@@ -137,5 +138,5 @@ def run_stage(stage, net, loss_fn, source, sc: StageConfig, cfg: TrainConfig, re
                "min_lr": sc.min_lr, "warmup": sc.warmup, "weight_decay": sc.weight_decay,
                "ema": {"decay": sc.ema_decay, "every": sc.ema_every, "used": sc.use_ema},
                "seconds": round(elapsed, 1), "final_loss": round(sum(tail) / len(tail), 6),
-               "threads": torch.get_num_threads(), **{k: round(float(v), 5) for k, v in last_logs.items()}}
+               "threads": torch.get_num_threads(), "device": str(device), **{k: round(float(v), 5) for k, v in last_logs.items()}}
     return {k: v.detach().clone() for k, v in state.items()}, summary, history

@@ -35,7 +35,7 @@ X0_LOSS_MIX = 0.05     # weight of the x0 term in "mle+x0"
 
 def drop_skips(hidden, p):
     """Zero all skip features of a random fraction ``p`` of the batch (the same samples at every level)."""
-    keep = (torch.rand(hidden[0].shape[0], 1, 1, 1) >= p).to(hidden[0].dtype)
+    keep = (torch.rand(hidden[0].shape[0], 1, 1, 1) >= p).to(device=hidden[0].device, dtype=hidden[0].dtype)
     out = Skips(h * keep for h in hidden)
     out.image_size = getattr(hidden, "image_size", None)
     return out
@@ -106,7 +106,7 @@ class PriorStart:
 
     def centres(self, compressor, lq, x0, t):
         """(the latents the states are drawn around, their steps) for a batch."""
-        pick = torch.rand(x0.shape[0]) < self.fraction
+        pick = (torch.rand(x0.shape[0]) < self.fraction).to(x0.device)
         if not bool(pick.any()):
             return x0, t
         with torch.no_grad():
@@ -136,7 +136,7 @@ def noise_loss(net, compressor, sch, lq, gt, kind="mle", *, x0_cap=X0_LOSS_CAP, 
         mu, _ = compressor.encode(lq)
         x0, _ = compressor.encode(gt)
     b = mu.shape[0]
-    t = draw_steps(sch.T, b, late_steps)
+    t = draw_steps(sch.T, b, late_steps).to(mu.device)   # drawn on the CPU: the same steps on any device
     z = torch.randn_like(mu)
     centre = x0
     if prior_start is not None:

@@ -95,5 +95,5 @@ class EMA:
         return {"shadow": self.shadow, "updates": self.updates}
 
     def load_state_dict(self, state):
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        self.shadow = {k: v.to(self.shadow[k].device, copy=True) for k, v in state["shadow"].items()}
         self.updates = int(state["updates"])

@@ -33,12 +33,18 @@ def _set_threads(cfg):
         torch.set_num_threads(int(cfg.threads))
 
 
+def _device(cfg):
+    """The torch device ``cfg.device`` names ('auto': cuda when there is one)."""
+    from ..restorer import resolve_device
+    return resolve_device(cfg.device)
+
+
 def train_compressor(cfg: TrainConfig, out, resume=False, source=None):
     """Stage 1. Writes the compressor (EMA weights by default) to ``out``; returns (its path, loss history)."""
     _set_threads(cfg)
     source = source or source_for(cfg)
     torch.manual_seed(cfg.seed)
-    net = build("compressor", cfg.compressor_config)
+    net = build("compressor", cfg.compressor_config).to(_device(cfg))
     state, summary, history = run_stage(
         "compressor", net, lambda lq, gt: compressor_loss(net, lq, gt, cfg.latent_weight, cfg.skip_dropout),
         source, cfg.compressor, cfg, resume)
@@ -53,7 +59,7 @@ def save_compressor(path, state, config, training):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, tmp,
                   metadata={"format": COMPRESSOR_FORMAT, "compressor_config": json.dumps(config),
                             "training": json.dumps(training)})
     return path
@@ -102,8 +108,9 @@ def _commands(*entries):
 def _dcp_batch(lq):
     """The dark channel prior's estimate of each image of a (B, 3, H, W) batch in [0, 1]."""
     from ..tasks.dehaze.dcp import dark_channel_prior
-    images = lq.detach().permute(0, 2, 3, 1).float().numpy()
-    return torch.from_numpy(np.stack([dark_channel_prior(im) for im in images])).permute(0, 3, 1, 2).contiguous()
+    images = lq.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+    estimates = torch.from_numpy(np.stack([dark_channel_prior(im) for im in images])).permute(0, 3, 1, 2)
+    return estimates.contiguous().to(lq.device)
 
 
 def _dcp_start(cfg, T):
@@ -122,7 +129,9 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     (its path, loss history)."""
     _set_threads(cfg)
     source = source or source_for(cfg)
+    device = _device(cfg)
     compressor, comp_config, comp_training = load_compressor(compressor_path)
+    compressor.to(device)
     for p in compressor.parameters():
         p.requires_grad_(False)
     if comp_config["embed_dim"] != cfg.noise_config["img_channel"]:
@@ -132,8 +141,9 @@ def train_noise(cfg: TrainConfig, compressor_path, out, resume=False, source=Non
     sch = sde.make_schedule(**sde_cfg)
     torch.manual_seed(cfg.seed + 1)
     task = get_task(cfg.task)
-    net = attach_schedule(build(task.variant, cfg.noise_config), sde_cfg)
+    net = attach_schedule(build(task.variant, cfg.noise_config), sde_cfg).to(device)
     init = load_noise_init(cfg.init_noise, net) if cfg.init_noise else None
+    sch = sch.to(device)
     prior_start = _dcp_start(cfg, sch.T)
     state, summary, history = run_stage(
         "noise", net, lambda lq, gt: noise_loss(net, compressor, sch, lq, gt, cfg.noise_loss, x0_cap=cfg.x0_cap,
