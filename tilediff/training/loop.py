@@ -138,5 +138,6 @@ def run_stage(stage, net, loss_fn, source, sc: StageConfig, cfg: TrainConfig, re
                "min_lr": sc.min_lr, "warmup": sc.warmup, "weight_decay": sc.weight_decay,
                "ema": {"decay": sc.ema_decay, "every": sc.ema_every, "used": sc.use_ema},
                "seconds": round(elapsed, 1), "final_loss": round(sum(tail) / len(tail), 6),
-               "threads": torch.get_num_threads(), "device": str(device), **{k: round(float(v), 5) for k, v in last_logs.items()}}
+               "threads": torch.get_num_threads(), "device": str(device),
+               **{k: round(float(v), 5) for k, v in last_logs.items()}}
     return {k: v.detach().clone() for k, v in state.items()}, summary, history
