@@ -1,10 +1,11 @@
-"""Time a 100-step restoration of a 640×480 image with a model file (default: the shipped dehaze model).
+"""Time a restoration of a 640×480 image with a model file (default: the shipped dehaze model).
 
-    python scripts/time_restore.py [MODEL] [--threads N] [--sampler S] [--samples K] [--no-ensemble]
-        [--prior none|dcp] [--no-recompose] [--repeat 3]
+    python scripts/time_restore.py [MODEL] [--threads N] [--steps N] [--sampler S] [--samples K]
+        [--no-ensemble] [--prior none|dcp] [--no-recompose] [--repeat 3]
 
-Prints the median of --repeat runs; --sampler, --samples, the ensemble, the prior start and the
-recomposition default to the model file's choices (with a prior each run takes prior_t × steps).
+Prints the median of --repeat runs; --steps (network evaluations per run), --sampler, --samples, the
+ensemble, the prior start and the recomposition default to the model file's choices (a run with a
+prior starts at step prior_t × T and takes its evaluations from there).
 """
 import argparse
 import time
@@ -18,7 +19,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("model", nargs="?")
 ap.add_argument("--threads", type=int, default=0)
 ap.add_argument("--sampler", help="default: the model file's default_sampler, else sde")
-ap.add_argument("--steps", type=int, default=100)
+ap.add_argument("--steps", type=int, help="default: the model file's default_steps, else T")
 ap.add_argument("--samples", type=int)
 ap.add_argument("--repeat", type=int, default=3)
 ap.add_argument("--no-ensemble", action="store_true", help="one orientation even if the model file asks for four")
@@ -30,6 +31,7 @@ if args.threads:
 r = Restorer("dehaze", weights=args.model, device="cpu")
 img = np.random.default_rng(0).random((480, 640, 3), dtype=np.float32)
 r.restore(img[:64, :64], steps=2)  # warm-up
+steps = args.steps or r.options().steps
 samples = args.samples or r.default_samples
 sampler = args.sampler or r.default_sampler
 ensemble = r.default_ensemble and not args.no_ensemble
@@ -38,11 +40,11 @@ recompose = r.default_recompose and not args.no_recompose
 times = []
 for _ in range(args.repeat):
     t0 = time.time()
-    r.restore(img, steps=args.steps, sampler=sampler, samples=samples, ensemble=ensemble, prior=prior or "none",
+    r.restore(img, steps=steps, sampler=sampler, samples=samples, ensemble=ensemble, prior=prior or "none",
               recompose=recompose)
     times.append(time.time() - t0)
-start = f", from the {prior} latent at step {round(prior_t * args.steps)}" if prior else ""
-print(f"640x480, {args.steps} {sampler} steps x {samples} samples{' in four orientations' if ensemble else ''}{start}"
+start = f", from the {prior} latent at step {round(prior_t * r.model.sde.get('T', 100))}" if prior else ""
+print(f"640x480, {steps} {sampler} steps x {samples} samples{' in four orientations' if ensemble else ''}{start}"
       f"{', recomposed' if recompose else ''}, "
       f"{torch.get_num_threads()} threads: "
       f"median {np.median(times):.1f} s of {args.repeat} ({', '.join(f'{t:.1f}' for t in times)})")
