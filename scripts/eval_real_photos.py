@@ -189,9 +189,10 @@ def tables(result, densities, methods, clear=True):
         cells = ["—" if (case == "clear" and m == "hazy") else _cell(rows, case, m) for m in methods]
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     clear_methods = [SHORT[m] for m in methods if m != "hazy"]
+    cases = list(densities) + (["clear"] if clear else [])
     lines += ["", f"Per image, PSNR dB ({' / '.join(SHORT[m] for m in methods)}; clear: "
-              f"{' / '.join(clear_methods)}):", "", "| image | " + " | ".join(list(densities) + (["clear"] if clear else []))
-              + " |", "|---|" + "---|" * (len(densities) + int(clear))]
+              f"{' / '.join(clear_methods)}):", "", "| image | " + " | ".join(cases) + " |",
+              "|---|" + "---|" * len(cases)]
     for name, r in result["images"].items():
         cells = []
         for case in list(densities) + (["clear"] if clear else []):

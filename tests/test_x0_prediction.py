@@ -6,7 +6,6 @@ from click.testing import CliRunner
 
 from conftest import image_folder, torch_threads
 from tilediff import sde
-from tilediff import training as T
 from tilediff.models import attach_schedule, build
 from tilediff.restorer import Restorer
 from tilediff.weights import load_model, read_metadata
@@ -105,4 +104,3 @@ def test_training_with_x0_prediction_from_an_eps_file_writes_a_model_that_restor
     image = _smooth_image(np.random.default_rng(2), 40, 36)
     out = Restorer(weights=x0_file, device="cpu").restore(image, steps=3, seed=0)
     assert out.shape == (40, 36, 3) and np.isfinite(out).all()
-
