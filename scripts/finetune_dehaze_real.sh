@@ -21,7 +21,8 @@
 #   r4  700 iterations from r3, the same plus --dcp-start-fraction 0.1: a tenth of each batch drawn at
 #       t = 50 around the latent of the dark channel prior's estimate (the state the default
 #       restoration starts from), target the clean latent; 8.1 min, 2 threads (session 12: the shipped file)
-#   eval  the restoration defaults of the shipped file, then scripts/eval_real_photos.py (haze v1
+#   eval  the restoration defaults of the shipped file (4 posterior evaluations per run since session 13,
+#       10 before), then scripts/eval_real_photos.py (haze v1
 #       with the haze-free photos, haze v2) and `tilediff eval` on the 5 unseen scikit-image photos
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,7 @@ has x0b && tilediff train "${COMMON[@]}" --density light,moderate,dense,dense --
 OUT=$STATE/r4.safetensors
 if has eval; then
   python -c 'import sys; from tilediff.weights import update_metadata
-update_metadata(sys.argv[1], default_sampler="posterior", default_steps=10, default_samples=4, default_ensemble=True,
+update_metadata(sys.argv[1], default_sampler="posterior", default_steps=4, default_samples=4, default_ensemble=True,
                 default_prior="dcp", default_prior_t=0.5, default_recompose=True)' "$OUT"
   python scripts/eval_real_photos.py --weights "$OUT" --photos "$PHOTOS/eval" --haze v1 --device cpu --threads 1 \
     --json "$STATE/eval_real_v1.json" | tee "$STATE/eval_real_v1.md"
