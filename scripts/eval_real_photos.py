@@ -62,6 +62,11 @@ def load_photo(path, size):
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
+def to_tensor(img):
+    """An H x W x 3 float image as a (1, 3, H, W) float32 tensor (what the compressor takes)."""
+    return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
 def make_hazy(clean, name, seed, density, kind):
     if kind == "v1":
         return haze_for_eval(clean, name, seed, density)[0]
@@ -119,10 +124,9 @@ def main(argv=None):
     def bound(img, clean):
         """The compressor decoding the clean photo's latent with ``img``'s skips (its own, for a clear photo)."""
         comp = restorer.model.compressor
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
         with torch.no_grad():
-            _, skips = comp.encode(to(img))
-            latent, _ = comp.encode(to(clean))
+            _, skips = comp.encode(to_tensor(img))
+            latent, _ = comp.encode(to_tensor(clean))
             return comp.decode(latent, skips)[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
     def restore(img, method):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_real_photos import load_photo  # noqa: E402
+from eval_real_photos import load_photo, to_tensor  # noqa: E402
 
 from tilediff import sde  # noqa: E402
 from tilediff.training.data import list_images  # noqa: E402
@@ -48,10 +48,9 @@ def main(argv=None):
         clean = load_photo(path, (640, 400))
         for density in densities:
             hazy = haze_for_eval(clean, path.name, 0, density)[0]
-            to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float()
             with torch.no_grad():
-                mu, _ = model.compressor.encode(to(hazy))
-                x0, _ = model.compressor.encode(to(clean))
+                mu, _ = model.compressor.encode(to_tensor(hazy))
+                x0, _ = model.compressor.encode(to_tensor(clean))
                 errors.setdefault((density, "mu"), []).append(float((mu - x0).abs().mean()))
                 g = torch.Generator().manual_seed(0)
                 for t in steps:
